@@ -1,0 +1,46 @@
+# GPU Inference Lab. `make report` and `make test` do everything on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+DEVICE ?= auto
+SIZE ?= small
+# this machine's pip config names local indexes that lack most packages; pip warns for each one
+QUIET_PIP := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+
+.PHONY: setup test report lab gpu-check clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changes. torch==2.13.0 is the CPU build on our machines; it is
+# installed only when the venv has no torch, so a CUDA build a user put there is kept.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0 $(QUIET_PIP)
+	$(PY) -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
+	@touch $@
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests notebooks --nbval-lax
+
+report: setup
+	@mkdir -p reports
+	@set -e; for nb in notebooks/[0-9]*.ipynb; do \
+		name=$$(basename $$nb .ipynb); \
+		$(PY) -m papermill $$nb reports/$$name.ipynb --cwd notebooks -p device $(DEVICE) -p size $(SIZE) --progress-bar; \
+		$(PY) -m jupyter nbconvert --to html reports/$$name.ipynb --output-dir reports --log-level WARN; \
+	done
+	@echo "report written to reports/ (one executed notebook and one HTML page per lesson)"
+
+lab: setup
+	$(PY) -m jupyter lab notebooks
+
+# For a machine with a GPU and its own python3 + torch (the lent GPU image has no network): no
+# venv, no installs, the checkout on PYTHONPATH.
+gpu-check:
+	PYTHONPATH=$(CURDIR) python3 bench/gpu_check.py
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

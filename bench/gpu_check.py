@@ -1,0 +1,92 @@
+"""`make gpu-check`: the GPU tests and every benchmark in one run, recorded with the card's name.
+
+Runs ``pytest -m gpu``, then each module in BENCHES (its ``run(device) -> dict``), writes
+``bench/results/<date>-<card>.json`` and prints a short table. Needs only python3 with torch,
+numpy, psutil and pytest (what the lent GPU image has): no venv, no installs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+try:
+    import torch
+except ImportError:
+    sys.exit("gpu-check runs with this machine's own python3 and its CUDA build of torch, and that python3 has no torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from labkit.device import describe, pick_device  # noqa: E402
+from labkit.reference import save_results  # noqa: E402
+
+BENCHES = ["measuring"]
+
+
+def run_gpu_tests() -> dict:
+    """pytest -m gpu, summarised from its JUnit XML."""
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "gpu.xml"
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"],
+            cwd=ROOT, capture_output=True, text=True,
+        )
+        print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
+        if not xml.exists():
+            return {"exit_code": proc.returncode, "error": "pytest wrote no report"}
+        suite = ET.parse(xml).getroot()
+        suite = suite if suite.tag == "testsuite" else suite[0]
+        failed = [c.get("classname", "") + "::" + c.get("name", "") for c in suite.iter("testcase")
+                  if c.find("failure") is not None or c.find("error") is not None]
+        return {
+            "exit_code": proc.returncode,
+            "tests": int(suite.get("tests", 0)),
+            "failures": int(suite.get("failures", 0)) + int(suite.get("errors", 0)),
+            "skipped": int(suite.get("skipped", 0)),
+            "failed": failed,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("gpu-check needs a CUDA device, and torch sees none here. On a CPU machine run `make test`.")
+        return 2
+    device = pick_device("cuda")
+    print(f"gpu-check on {describe(device)}, torch {torch.__version__}")
+    results: dict = {"gpu_tests": run_gpu_tests()}
+    for name in BENCHES:
+        t0 = time.perf_counter()
+        try:
+            results[name] = importlib.import_module(name).run(device)
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+        results[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"{name}: done in {results[name]['seconds']} s")
+    path = save_results(results, device, source="make gpu-check")
+    print(f"\nwrote {path.relative_to(ROOT)}\n")
+    _print_table(results)
+    ok = results["gpu_tests"].get("exit_code") == 0 and not any("error" in v for v in results.values())
+    return 0 if ok else 1
+
+
+def _print_table(results: dict, prefix: str = "") -> None:
+    for key, value in results.items():
+        if isinstance(value, dict):
+            _print_table(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            print(f"  {prefix + key:55s} {value:12.3f}")
+        elif isinstance(value, (int, str)) and len(str(value)) < 60:
+            print(f"  {prefix + key:55s} {value:>12}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Benchmark for lesson 00: the asynchrony trap, launch overhead and a ResNet-50 batch sweep.
+
+Run on any device: ``python bench/measuring.py [--device auto] [--save]``. `make gpu-check` calls
+`run` on the GPU and records the figures with the card's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from labkit.device import pick_device
+from labkit.measure import GPUMonitor
+from labkit.models import build_model
+from labkit.overhead import async_trap, launch_overhead
+from labkit.reference import save_results
+from labkit.sweep import batch_sweep
+
+
+def run(device: torch.device) -> dict[str, Any]:
+    gpu = device.type == "cuda"
+    size = "full" if gpu else "small"
+    batch_sizes = [1, 8, 32, 128, 256] if gpu else [1, 4, 16]
+    out: dict[str, Any] = {
+        "async_trap": asdict(async_trap(device, 4096 if gpu else 1024)),
+        "launch_overhead": asdict(launch_overhead(device)),
+        "resnet50_size": size,
+    }
+    dtypes = [torch.float32, torch.float16] if gpu else [torch.float32]
+    for dtype in dtypes:
+        model = build_model("resnet50", size, device).to(dtype)
+        torch.backends.cudnn.benchmark = gpu
+        with GPUMonitor(device.index or 0, interval_s=0.05) as monitor:
+            points = batch_sweep(model, batch_sizes, device=device, repeat=10 if gpu else 3)
+        name = str(dtype).removeprefix("torch.")
+        out[f"resnet50_sweep_{name}"] = [p.as_dict() for p in points]
+        out[f"resnet50_monitor_{name}"] = monitor.summary()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--save", action="store_true", help="write the figures under bench/results/")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    results = run(device)
+    for key, value in results.items():
+        print(f"{key:28s} {value}")
+    if args.save:
+        print("saved", save_results(results, device, source="bench/measuring.py", suffix="measuring"))
+
+
+if __name__ == "__main__":
+    main()

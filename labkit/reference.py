@@ -1,0 +1,101 @@
+"""Recorded GPU figures from ``bench/results/``, so a CPU-only learner still sees real GPU numbers.
+
+Each JSON there was written on one card (``make gpu-check``, or the reference runs the course was
+designed from). Its file name starts with the date and the card; inside, ``card`` (or the older
+``device``) names the GPU. Nothing here measures: it only reads what was measured, with its label.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["RecordedRun", "results_dir", "recorded_runs", "lookup", "card_name", "save_results"]
+
+_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """One results file: where it came from and what it holds."""
+
+    path: Path
+    card: str
+    date: str
+    torch: str
+    data: dict[str, Any]
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.data.get("device_type", "cuda") == "cuda"
+
+    @property
+    def label(self) -> str:
+        """How a plot or table should name these figures."""
+        return f"{self.card}, recorded {self.date} (torch {self.torch})"
+
+
+def results_dir() -> Path:
+    """``bench/results`` of the checkout this labkit was imported from."""
+    return Path(__file__).resolve().parent.parent / "bench" / "results"
+
+
+def recorded_runs(directory: Path | None = None, *, gpu_only: bool = True) -> list[RecordedRun]:
+    """Results files with a card named in them, oldest first (GPU runs only, unless asked)."""
+    directory = directory or results_dir()
+    runs: list[RecordedRun] = []
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text())
+        card = data.get("card") or data.get("device")
+        date = data.get("date") or (m.group(1) if (m := _DATE.match(path.name)) else "undated")
+        if card:
+            runs.append(RecordedRun(path, card, date, str(data.get("torch", "?")), data))
+    return [r for r in runs if r.is_gpu or not gpu_only]
+
+
+def lookup(key_path: str, directory: Path | None = None) -> tuple[Any, RecordedRun] | None:
+    """The newest recorded value at a dotted path such as ``"cuda_graph.eager_bs1_ms"``."""
+    for run in reversed(recorded_runs(directory)):
+        node: Any = run.data.get("results", run.data)
+        for part in key_path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return node, run
+    return None
+
+
+def card_name(device: str | torch.device) -> str:
+    """The card's name for a CUDA device, ``"CPU"`` otherwise."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def save_results(results: dict[str, Any], device: str | torch.device, *, source: str, suffix: str = "",
+                 directory: Path | None = None) -> Path:
+    """Write ``results`` as ``<date>-<card>[-suffix].json`` with the card, date and versions beside them."""
+    device = torch.device(device)
+    card = card_name(device)
+    date = datetime.date.today().isoformat()
+    slug = re.sub(r"[^a-z0-9]+", "-", card.lower().removeprefix("nvidia ")).strip("-")
+    directory = directory or results_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{date}-{slug}{'-' + suffix if suffix else ''}.json"
+    payload = {
+        "card": card,
+        "device_type": device.type,
+        "date": date,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "source": source,
+        "results": results,
+    }
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return path
