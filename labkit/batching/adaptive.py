@@ -1,0 +1,166 @@
+"""`AdaptiveBatcher`: batch size and wait chosen to keep latency under a p99 target.
+
+The batcher fits the cost of a batch online, ``ms ≈ a + b·n`` (a: fixed cost per call, b: cost
+per item), by least squares over its recent batches, as BentoML's adaptive batching does. A
+request may wait for the batch ahead of it and then for its own, so the batcher chooses the
+largest cap ``n`` with ``2·cost(n) ≤ headroom·target`` and lets a batch wait for company only for
+the budget that is left. With ``shed=True`` it refuses, with `LoadShedError`, requests that can
+no longer meet the target, at submit and again just before compute: failing fast beats a late
+answer nobody waits for.
+
+``policy="aimd"`` is the guide's rule, done properly, for comparison: add ``step`` to the cap
+while the slowest request of each batch is comfortably under target, halve it when one is over.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from labkit.batching.dynamic import DynamicBatcher
+from labkit.batching.errors import LoadShedError
+from labkit.batching.queues import Request
+
+__all__ = ["AdaptiveBatcher", "BatchCostModel"]
+
+
+class BatchCostModel:
+    """``ms ≈ a + b·n`` fitted to the last ``window`` (batch size, milliseconds) observations."""
+
+    def __init__(self, window: int = 64) -> None:
+        self.sizes: deque[int] = deque(maxlen=window)
+        self.times_ms: deque[float] = deque(maxlen=window)
+        self.a = self.b = math.nan
+
+    def observe(self, n: int, ms: float) -> None:
+        if not math.isfinite(ms):
+            return
+        self.sizes.append(n)
+        self.times_ms.append(ms)
+        self._fit()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.sizes)
+
+    def predict(self, n: int) -> float:
+        return self.a + self.b * n
+
+    def _fit(self) -> None:
+        n = np.asarray(self.sizes, dtype=float)
+        t = np.asarray(self.times_ms, dtype=float)
+        if np.ptp(n) == 0:  # one size seen: no slope to fit; assume all cost scales with n
+            self.a, self.b = 0.0, float(np.mean(t / n))
+            return
+        b, a = np.polyfit(n, t, 1)
+        self.b = max(float(b), 1e-6)
+        self.a = max(float(a), 0.0)
+
+
+class AdaptiveBatcher(DynamicBatcher):
+    """A `DynamicBatcher` that steers its batch cap and wait towards ``target_p99_ms``.
+
+    ``max_batch_size`` and ``max_wait_ms`` become upper bounds. ``history`` records, per batch,
+    the time, the cap and wait in force, the fitted cost and the slowest latency in the batch:
+    plot it to watch the controller converge.
+    """
+
+    def __init__(
+        self,
+        fn_or_model: Callable[[torch.Tensor], Any] | nn.Module,
+        *,
+        target_p99_ms: float,
+        policy: str = "model",
+        shed: bool = False,
+        headroom: float = 0.8,
+        aimd_step: int = 4,
+        window: int = 64,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        if target_p99_ms <= 0:
+            raise ValueError(f"target_p99_ms must be positive, got {target_p99_ms}")
+        if policy not in ("model", "aimd"):
+            raise ValueError(f"policy must be 'model' (fitted cost) or 'aimd', got {policy!r}")
+        if not 0 < headroom <= 1:
+            raise ValueError(f"headroom must be in (0, 1], got {headroom}")
+        self.target_p99_ms = target_p99_ms
+        self.policy = policy
+        self.shed = shed
+        self.headroom = headroom
+        self.aimd_step = aimd_step
+        self.cost = BatchCostModel(window)
+        self.history: list[dict[str, float]] = []
+        super().__init__(fn_or_model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, **kwargs)
+        self.cap = 1 if policy == "aimd" else max_batch_size
+        self.wait_ms = max_wait_ms
+
+    def _plan(self) -> tuple[int, float]:
+        if self.policy == "model" and self.cost.ready:
+            budget = self.headroom * self.target_p99_ms
+            cap = 1
+            for n in range(self.max_batch_size, 0, -1):
+                if 2 * self.cost.predict(n) <= budget:
+                    cap = n
+                    break
+            self.cap = cap
+            self.wait_ms = float(np.clip(budget - 2 * self.cost.predict(cap), 0.0, self.max_wait_ms))
+        self.cap = min(self.cap, self.max_batch_size)
+        self.wait_ms = min(self.wait_ms, self.max_wait_ms)
+        return self.cap, self.wait_ms / 1e3
+
+    def _admit(self, req: Request) -> None:
+        if not (self.shed and self.cost.ready):
+            return
+        batches_ahead = len(self._queue) // self.cap + (1 if self._inflight else 0)
+        expected = (batches_ahead + 1) * self.cost.predict(self.cap)
+        if expected > self.target_p99_ms:
+            self.stats.shed += 1
+            raise LoadShedError(
+                f"would take about {expected:.1f} ms (target_p99_ms={self.target_p99_ms:g}): "
+                f"{len(self._queue)} requests already waiting"
+            )
+
+    def _screen(self, batch: list[Request], now: float) -> list[Request]:
+        if not (self.shed and self.cost.ready):
+            return batch
+        compute = self.cost.predict(len(batch))
+        keep = []
+        for req in batch:
+            waited = (now - req.arrival) * 1e3
+            if waited + compute > self.target_p99_ms:
+                self.stats.shed += 1
+                req.future.set_exception(LoadShedError(
+                    f"waited {waited:.1f} ms; with about {compute:.1f} ms of compute it would miss "
+                    f"target_p99_ms={self.target_p99_ms:g}"
+                ))
+            else:
+                keep.append(req)
+        return keep
+
+    def _on_batch_done(self, batch: list[Request], batch_ms: float) -> None:
+        now = self._loop.time()
+        worst_ms = max((now - r.arrival) * 1e3 for r in batch)
+        self.cost.observe(len(batch), batch_ms)
+        if self.policy == "aimd":
+            if worst_ms > self.target_p99_ms:
+                self.cap = max(1, self.cap // 2)
+            elif worst_ms < self.headroom * self.target_p99_ms:
+                self.cap = min(self.max_batch_size, self.cap + self.aimd_step)
+        self.history.append({
+            "t": now,
+            "size": len(batch),
+            "cap": self.cap,
+            "wait_ms": self.wait_ms,
+            "batch_ms": batch_ms,
+            "worst_latency_ms": worst_ms,
+            "a_ms": self.cost.a,
+            "b_ms": self.cost.b,
+        })

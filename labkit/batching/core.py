@@ -1,0 +1,350 @@
+"""The life of a request in a batcher: admission, waiting, dispatch, one outcome.
+
+`Batcher` owns the event-loop side: it validates and queues requests, decides when a batch
+leaves (full, or its oldest request has waited ``max_wait_ms``), keeps up to ``max_inflight``
+batches running in worker threads (`BatchRunner`), and gives every request exactly one outcome.
+The scheduler sleeps on an event when there is nothing to do: an idle batcher uses no CPU.
+Subclasses choose the queue (`FifoQueue`, `PriorityQueues`) and may steer each batch's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from torch import nn
+
+from labkit.batching.engine import BatchRunner
+from labkit.batching.errors import BatcherError, BatcherStoppedError, QueueFullError
+from labkit.batching.queues import FifoQueue, PriorityQueues, Request
+from labkit.batching.stats import BatcherStats
+from labkit.models import InputSpec
+
+__all__ = ["Batcher"]
+
+
+class Batcher:
+    """Shared machinery of `DynamicBatcher`, `AdaptiveBatcher` and `PriorityBatcher`.
+
+    Inputs: one CPU tensor per request, all of one shape and dtype (the *signature*). It comes
+    from ``input_spec=``, else the model's ``input_spec`` (labkit models have one), else the
+    first request. Other shapes are refused at `submit` with a `ValueError`, not bucketed: one
+    batcher serves one signature, so run one batcher per input shape.
+    """
+
+    def __init__(
+        self,
+        fn_or_model: Callable[[torch.Tensor], Any] | nn.Module,
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_inflight: int = 2,
+        device: str | torch.device | None = None,
+        input_spec: InputSpec | None = None,
+        results_on_device: bool = False,
+    ) -> None:
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
+        self.max_batch_size = max_batch_size
+        self.max_wait_ms = max_wait_ms
+        self.max_inflight = max_inflight
+        if isinstance(fn_or_model, nn.Module):
+            param = next(fn_or_model.parameters(), None)
+            self.device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+            fn_or_model = fn_or_model.to(self.device).eval()
+            input_spec = input_spec or getattr(fn_or_model, "input_spec", None)
+        else:
+            self.device = torch.device(device or "cpu")
+        self.fn = fn_or_model
+        self.input_spec = input_spec
+        self.results_on_device = results_on_device
+        self.stats = BatcherStats()
+        self._queue: FifoQueue | PriorityQueues = self._make_queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._accepting = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- settings that apply from the next batch ---------------------------------------------
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch_size
+
+    @max_batch_size.setter
+    def max_batch_size(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {value}")
+        self._max_batch_size = int(value)
+        self._poke()
+
+    @property
+    def max_wait_ms(self) -> float:
+        return self._max_wait_ms
+
+    @max_wait_ms.setter
+    def max_wait_ms(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"max_wait_ms must be at least 0, got {value}")
+        self._max_wait_ms = float(value)
+        self._poke()
+
+    # -- subclass hooks ------------------------------------------------------------------------
+
+    def _make_queue(self) -> FifoQueue | PriorityQueues:
+        raise NotImplementedError
+
+    def _plan(self) -> tuple[int, float]:
+        """(batch cap, wait in seconds) for the next batch."""
+        return self._max_batch_size, self._max_wait_ms / 1e3
+
+    def _admit(self, req: Request) -> None:
+        """Raise to refuse ``req`` at submit (after validation, before queueing)."""
+
+    def _screen(self, batch: list[Request], now: float) -> list[Request]:
+        """Last look before compute; requests removed here must have been given an outcome."""
+        return batch
+
+    def _on_batch_done(self, batch: list[Request], batch_ms: float) -> None:
+        """Called on the loop after each batch has its outcomes, with the batch's wall time."""
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start serving on the running event loop."""
+        if self._task is not None:
+            raise BatcherError("this batcher was already started; create a new one")
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._free_slots: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(self.max_inflight):
+            self._free_slots.put_nowait(i)
+        self._runner = BatchRunner(self.fn, self.device, self.max_inflight, results_on_device=self.results_on_device)
+        self._executor = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="labkit-batcher")
+        self._inflight: set[asyncio.Future] = set()
+        self._cap = self._max_batch_size
+        self._accepting = True
+        self._task = asyncio.create_task(self._serve(), name=f"{type(self).__name__}-scheduler")
+
+    async def stop(self) -> None:
+        """Stop accepting, finish every accepted request, then release the worker threads."""
+        if self._task is None or self._task.done():
+            self._accepting = False
+            return
+        self._accepting = False
+        self._stopping = True
+        self._poke()
+        await asyncio.shield(self._task)
+
+    async def __aenter__(self) -> Batcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def __enter__(self) -> Batcher:
+        """Serve from a private event loop in a background thread, for code without asyncio."""
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="labkit-batcher-loop", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), loop).result()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = self._loop
+        assert loop is not None and self._thread is not None
+        try:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result()
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join()
+            loop.close()
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    async def submit(self, x: torch.Tensor, *, timeout_ms: float | None = None) -> Any:
+        """Queue ``x`` (one input, no batch dimension) and return its output row.
+
+        Raises `ValueError` for an input that does not match the signature, `QueueFullError`
+        when the queue is full, `BatcherStoppedError` when not running, `TimeoutError` when
+        ``timeout_ms`` passes before the request is scheduled (once computing, it finishes), or
+        the model's own exception for this input.
+        """
+        return await self._submit(x, timeout_ms, 0)
+
+    def submit_sync(self, x: torch.Tensor, *, timeout_ms: float | None = None) -> Any:
+        """`submit` from any thread other than the batcher's own event loop; blocks for the result."""
+        return self._call_sync(lambda: self._submit(x, timeout_ms, 0))
+
+    async def _submit(self, x: torch.Tensor, timeout_ms: float | None, priority: int) -> Any:
+        if not self._accepting:
+            state = "stopped" if self._task is not None else "not started (use `async with batcher:` or `await batcher.start()`)"
+            raise BatcherStoppedError(f"{type(self).__name__} is {state}; request refused")
+        if timeout_ms is not None and timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
+        self._validate(x)
+        loop = self._loop
+        now = loop.time()
+        req = Request(x, loop.create_future(), now, priority=priority)
+        if timeout_ms is not None:
+            req.deadline = now + timeout_ms / 1e3
+        try:
+            self._admit(req)
+            self._queue.push(req)
+        except QueueFullError:
+            self.stats.rejected += 1
+            raise
+        if timeout_ms is not None:
+            req.timer = loop.call_at(req.deadline, self._expire, req, timeout_ms)
+        self.stats.submitted += 1
+        if len(self._queue) == 1 or len(self._queue) >= self._cap:
+            self._wake.set()
+        try:
+            return await req.future
+        except asyncio.CancelledError:
+            if req.queued:
+                self._drop(req)
+                self.stats.cancelled += 1
+            raise
+
+    def _call_sync(self, make_coro: Callable[[], Any]) -> Any:
+        loop = self._loop
+        if loop is None or not self._accepting:
+            raise BatcherStoppedError(f"{type(self).__name__} is not running; request refused")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("submit_sync would block the batcher's own event loop; use `await batcher.submit(x)`")
+        return asyncio.run_coroutine_threadsafe(make_coro(), loop).result()
+
+    def _validate(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            self.stats.invalid += 1
+            raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+        spec = self.input_spec
+        problem = None
+        if x.device.type != "cpu":
+            problem = f"a CPU tensor (inputs are staged in host memory), got one on {x.device}"
+        elif spec is not None and (tuple(x.shape) != tuple(spec.shape) or x.dtype != spec.dtype):
+            problem = f"shape {tuple(spec.shape)} and dtype {spec.dtype}, got shape {tuple(x.shape)} and dtype {x.dtype}"
+        if problem:
+            self.stats.invalid += 1
+            raise ValueError(f"{type(self).__name__}: expected one input of {problem} (no batch dimension)")
+        if spec is None:
+            self.input_spec = InputSpec(tuple(x.shape), x.dtype)  # the first request fixes the signature
+
+    def _drop(self, req: Request) -> None:
+        self._queue.discard(req)
+        if req.timer is not None:
+            req.timer.cancel()
+
+    def _expire(self, req: Request, timeout_ms: float) -> None:
+        if req.queued:
+            self._drop(req)
+            self.stats.timed_out += 1
+            if not req.future.done():
+                req.future.set_exception(TimeoutError(f"request not scheduled within timeout_ms={timeout_ms:g}"))
+
+    def _poke(self) -> None:
+        wake = getattr(self, "_wake", None)
+        if wake is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(wake.set)
+
+    # -- the scheduler ---------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                slot = await self._free_slots.get()
+                batch = await self._next_batch()
+                if batch is None:
+                    break
+                self._dispatch(batch, slot)
+            while self._inflight:
+                await asyncio.wait(set(self._inflight))
+        except BaseException as exc:  # a bug or a cancelled loop: nobody may be left waiting
+            self._fail_everything(exc)
+            raise
+        finally:
+            self._accepting = False
+            self._executor.shutdown(wait=False)
+
+    async def _next_batch(self) -> list[Request] | None:
+        """Wait until a batch is due, then take it (None: stopping and nothing left)."""
+        loop = self._loop
+        while True:
+            if len(self._queue) == 0:
+                if self._stopping:
+                    return None
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            cap, wait_s = self._plan()
+            self._cap = cap
+            due = self._queue.oldest_arrival() + wait_s
+            now = loop.time()
+            if len(self._queue) >= cap or now >= due or self._stopping:
+                batch = self._screen(self._take(cap, now), now)
+                if batch:
+                    return batch
+                continue
+            self._wake.clear()
+            timer = loop.call_at(due, self._wake.set)
+            await self._wake.wait()
+            timer.cancel()
+
+    def _take(self, cap: int, now: float) -> list[Request]:
+        batch = []
+        for req in self._queue.take(cap, now):
+            if req.timer is not None:
+                req.timer.cancel()
+            if req.deadline is not None and req.deadline <= now:  # its timer is due but has not run
+                self.stats.timed_out += 1
+                req.future.set_exception(TimeoutError("request not scheduled within its timeout_ms"))
+            else:
+                batch.append(req)
+                self.stats.queue_wait_ms.append((now - req.arrival) * 1e3)
+        return batch
+
+    def _dispatch(self, batch: list[Request], slot: int) -> None:
+        done = self._loop.run_in_executor(self._executor, self._runner.run, slot, [r.x for r in batch])
+        self._inflight.add(done)
+        done.add_done_callback(lambda f: self._finish(batch, slot, f))
+
+    def _finish(self, batch: list[Request], slot: int, done: asyncio.Future) -> None:
+        self._inflight.discard(done)
+        self._free_slots.put_nowait(slot)
+        if done.cancelled() or done.exception() is not None:  # staging itself failed
+            error = done.exception() if not done.cancelled() else BatcherStoppedError("batch cancelled")
+            outcomes, batch_ms = [error] * len(batch), float("nan")
+        else:
+            outcomes, batch_ms = done.result()
+        self.stats.batches += 1
+        self.stats.batch_sizes[len(batch)] += 1
+        self.stats.batch_ms.append(batch_ms)
+        for req, outcome in zip(batch, outcomes, strict=True):
+            if req.future.done():  # the caller gave up while its batch was running
+                continue
+            if isinstance(outcome, BaseException):
+                self.stats.failed += 1
+                req.future.set_exception(outcome)
+            else:
+                self.stats.completed += 1
+                req.future.set_result(outcome)
+        self._on_batch_done(batch, batch_ms)
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        self._accepting = False
+        error = BatcherStoppedError(f"{type(self).__name__} stopped unexpectedly: {exc!r}")
+        for req in self._queue.waiting():
+            self._drop(req)
+            if not req.future.done():
+                req.future.set_exception(error)

@@ -1,0 +1,104 @@
+"""Running one batch on the device, in a worker thread.
+
+Each in-flight slot owns a pinned host buffer (reused, so pinning is paid once) and, on CUDA, a
+stream of its own: the copy and compute of one batch overlap with those of the next. A batch
+that raises is split in halves and retried until the failing request is isolated, so the good
+requests still get results and only the culprit gets the model's exception.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+__all__ = ["BatchRunner"]
+
+Outcome = Any  # a per-request output, or the exception that request earned
+
+
+class _Slot:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.host: torch.Tensor | None = None
+
+    def stage(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Collate ``xs`` into one batch on the device."""
+        if self.stream is None:
+            return torch.stack(xs)  # a fresh tensor: outputs may alias inputs (an identity model)
+        n, shape, dtype = len(xs), xs[0].shape, xs[0].dtype
+        if self.host is None or self.host.shape[1:] != shape or self.host.dtype != dtype or self.host.shape[0] < n:
+            self.host = torch.empty((n, *shape), dtype=dtype, pin_memory=True)
+        torch.stack(xs, out=self.host[:n])
+        # The copy is queued on this slot's stream, so it overlaps another slot's compute. The
+        # host buffer is reused only after this slot's stream is synchronised (end of `run`).
+        return self.host[:n].to(self.device, non_blocking=True)
+
+
+class BatchRunner:
+    """Runs ``fn`` on batches, one worker thread and one slot per batch in flight."""
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], Any],
+        device: torch.device,
+        slots: int,
+        *,
+        results_on_device: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.device = device
+        self.results_on_device = results_on_device
+        self.slots = [_Slot(device) for _ in range(slots)]
+
+    def run(self, slot: int, xs: Sequence[torch.Tensor]) -> tuple[list[Outcome], float]:
+        """Outcomes in input order, and the batch's wall time in ms (staging to results on the host)."""
+        t0 = time.perf_counter()
+        s = self.slots[slot]
+        outcomes: list[Outcome] = [None] * len(xs)
+        with torch.inference_mode(), (torch.cuda.stream(s.stream) if s.stream else nullcontext()):
+            batch = s.stage(xs)
+            self._run_isolating(batch, 0, len(xs), outcomes)
+            if s.stream is not None:
+                s.stream.synchronize()
+        return outcomes, (time.perf_counter() - t0) * 1e3
+
+    def _run_isolating(self, batch: torch.Tensor, lo: int, hi: int, outcomes: list[Outcome]) -> None:
+        try:
+            outcomes[lo:hi] = self._rows(self.fn(batch[lo:hi]), hi - lo)
+        except Exception as exc:
+            if hi - lo == 1:
+                outcomes[lo] = exc
+                return
+            mid = (lo + hi) // 2
+            self._run_isolating(batch, lo, mid, outcomes)
+            self._run_isolating(batch, mid, hi, outcomes)
+
+    def _rows(self, out: Any, n: int) -> list[Any]:
+        """Split a batched output (a tensor, or a tuple/list/dict of tensors) into ``n`` rows."""
+        if isinstance(out, torch.Tensor):
+            if out.dim() == 0 or out.shape[0] != n:
+                raise ValueError(f"the model returned shape {tuple(out.shape)} for a batch of {n}; "
+                                 f"expected the batch dimension first")
+            return list(self._deliver(out).unbind(0))
+        if isinstance(out, Mapping):
+            columns = {k: self._rows(v, n) for k, v in out.items()}
+            return [{k: col[i] for k, col in columns.items()} for i in range(n)]
+        if isinstance(out, (tuple, list)):
+            columns = [self._rows(v, n) for v in out]
+            return [type(out)(col[i] for col in columns) for i in range(n)]
+        raise TypeError(f"the model returned {type(out).__name__}; expected a tensor, or a tuple/list/dict of tensors")
+
+    def _deliver(self, out: torch.Tensor) -> torch.Tensor:
+        out = out.detach()
+        if not self.results_on_device:
+            return out.to("cpu")
+        if out.device.type == "cuda":
+            # Callers use the rows on the default stream; tell the allocator, so this memory is
+            # not handed to the next batch on the slot's stream while callers still read it.
+            out.record_stream(torch.cuda.default_stream(out.device))
+        return out
