@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from labkit.device import describe, pick_device  # noqa: E402
 from labkit.reference import save_results  # noqa: E402
 
-BENCHES = ["measuring"]
+BENCHES = ["measuring", "batching"]
 
 
 def run_gpu_tests() -> dict:

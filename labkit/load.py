@@ -29,7 +29,11 @@ MakeInput = Callable[[int], Any]
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What a load run saw. ``sent == completed + failed + timed_out`` always holds."""
+    """What a load run saw. ``sent == completed + failed + timed_out`` always holds.
+
+    ``duration_s`` runs from the start to the last request's outcome, whatever it was;
+    ``throughput_rps`` counts completed requests only.
+    """
 
     mode: str
     sent: int
@@ -51,7 +55,7 @@ class _Tally:
         self.latencies_ms: list[float] = []
         self.errors: Counter[str] = Counter()
         self.sent = self.timed_out = 0
-        self.last_done = time.perf_counter()
+        self.last_done = 0.0
 
     async def one(self, submit: Submit, x: Any, t_sched: float, timeout_s: float) -> None:
         """Send one request and file its outcome; cancels it if it outlives ``timeout_s``."""
@@ -62,15 +66,15 @@ class _Tally:
 
         task = asyncio.ensure_future(call())
         done, _ = await asyncio.wait({task}, timeout=max(0.0, t_sched + timeout_s - time.perf_counter()))
+        self.last_done = time.perf_counter()
         if not done:
             task.cancel()
             self.timed_out += 1
-            return
-        exc = task.exception()
-        if exc is not None:
+        elif task.cancelled():  # cancelled inside the server: a failure like any other
+            self.errors["CancelledError"] += 1
+        elif (exc := task.exception()) is not None:
             self.errors[type(exc).__name__] += 1
         else:
-            self.last_done = time.perf_counter()
             self.latencies_ms.append((self.last_done - t_sched) * 1e3)
 
     def result(self, mode: str, t0: float, offered_rps: float | None = None) -> LoadResult:

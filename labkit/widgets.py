@@ -5,7 +5,8 @@ ipywidgets is imported here only, so ``import labkit`` works where Jupyter is no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
@@ -14,7 +15,7 @@ from labkit.models import MODELS, build_model
 from labkit.plots import plot_sweep
 from labkit.sweep import batch_sweep
 
-__all__ = ["sweep_playground"]
+__all__ = ["sweep_playground", "batching_playground"]
 
 
 def sweep_playground(
@@ -50,3 +51,50 @@ def sweep_playground(
 
     run.on_click(on_run)
     return w.VBox([w.HBox([model_box, max_batch, repeat, run]), out])
+
+
+def batching_playground(
+    model: Callable[[torch.Tensor], Any] | torch.nn.Module,
+    make_input: Callable[[int], torch.Tensor],
+    *,
+    capacity_rps: float,
+    duration_s: float = 2.0,
+    label: str = "",
+):
+    """Sliders for max_batch_size, max_wait_ms and offered load; a run plots the latency CDF.
+
+    Each run is `poisson_trial` with a fresh `DynamicBatcher`, the same function the notebook calls.
+    """
+    import ipywidgets as w
+
+    from labkit.batching.trial import poisson_trial, run_in_fresh_loop
+    from labkit.plots import plot_latency_cdf
+
+    batch = w.SelectionSlider(options=[2**i for i in range(8)], value=32, description="max batch")
+    wait = w.FloatSlider(value=5.0, min=0.0, max=50.0, step=0.5, description="max wait ms")
+    load = w.IntSlider(value=70, min=10, max=150, step=10, description="load % cap.")
+    run = w.Button(description="Run", button_style="primary")
+    out = w.Output()
+
+    def on_run(_: object) -> None:
+        rate = capacity_rps * load.value / 100
+        out.clear_output()
+        out.append_stdout(f"offering {rate:,.0f} requests/s for {duration_s:g} s ...\n")
+        result = run_in_fresh_loop(lambda: poisson_trial(
+            model, make_input, rate_rps=rate, duration_s=duration_s,
+            max_batch_size=batch.value, max_wait_ms=wait.value, max_queue_size=100_000,
+        ))
+        r, s = result.load, result.batcher
+        name = f"batch≤{batch.value}, wait {wait.value:g} ms, {load.value}% load"
+        fig = plot_latency_cdf({name: r.latencies_ms}, title=f"{label} latency under Poisson load")
+        out.clear_output()
+        out.append_stdout(
+            f"{r.throughput_rps:,.0f} requests/s served of {rate:,.0f} offered; p50 {r.latency.p50_ms:.1f} ms, "
+            f"p99 {r.latency.p99_ms:.1f} ms; mean batch {s['mean_batch_size']:.1f}; "
+            f"{r.failed + r.timed_out} not served\n"
+        )
+        out.append_display_data(fig)
+        plt.close(fig)
+
+    run.on_click(on_run)
+    return w.VBox([w.HBox([batch, wait, load, run]), out])

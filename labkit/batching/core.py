@@ -125,7 +125,7 @@ class Batcher:
         for i in range(self.max_inflight):
             self._free_slots.put_nowait(i)
         self._runner = BatchRunner(self.fn, self.device, self.max_inflight, results_on_device=self.results_on_device)
-        self._executor = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="labkit-batcher")
+        self._executor = ThreadPoolExecutor(self._runner.threads, thread_name_prefix="labkit-batcher")
         self._inflight: set[asyncio.Future] = set()
         self._cap = self._max_batch_size
         self._accepting = True

@@ -55,6 +55,18 @@ class BatchRunner:
         self.results_on_device = results_on_device
         self.slots = [_Slot(device) for _ in range(slots)]
 
+    @property
+    def threads(self) -> int:
+        """Worker threads to run batches on.
+
+        On a GPU, one per slot: each thread queues its batch's kernels on its own stream while
+        the GPU works through the others'. On a CPU, one: the model already uses every core, and
+        a second thread brings a second OpenMP thread team whose spinning workers steal those
+        cores (measured on 2 cores: 4,250 requests/s with two threads, 6,100 with one). Further
+        in-flight batches wait, collated, in that thread's queue.
+        """
+        return len(self.slots) if self.device.type == "cuda" else 1
+
     def run(self, slot: int, xs: Sequence[torch.Tensor]) -> tuple[list[Outcome], float]:
         """Outcomes in input order, and the batch's wall time in ms (staging to results on the host)."""
         t0 = time.perf_counter()

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+
+from labkit.reference import lookup, recorded_runs, results_dir, save_results
+
+
+def write(path, data):
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def results(tmp_path):
+    write(tmp_path / "2025-12-01-h100-old.json", {
+        "device": "NVIDIA H100", "torch": "2.4.0",
+        "a": {"b": 1}, "only_old": {"x": 7},
+    })
+    write(tmp_path / "2026-01-02-a100.json", {
+        "card": "NVIDIA A100-SXM4-80GB", "date": "2026-01-05", "torch": "2.6.0",
+        "device_type": "cuda", "results": {"a": {"b": 2, "c": [1, 2]}},
+    })
+    write(tmp_path / "2026-02-01-notes.json", {"a": {"b": 3}, "comment": "no card named"})
+    write(tmp_path / "2026-02-02-cpu.json", {
+        "card": "CPU", "date": "2026-02-02", "device_type": "cpu", "results": {"a": {"b": 4}},
+    })
+    (tmp_path / "README.txt").write_text("not a results file")
+    return tmp_path
+
+
+def test_recorded_runs_reads_new_and_old_style(results):
+    runs = recorded_runs(results)
+    assert [r.path.name for r in runs] == ["2025-12-01-h100-old.json", "2026-01-02-a100.json"]
+    old, new = runs
+    assert (old.card, old.date, old.torch) == ("NVIDIA H100", "2025-12-01", "2.4.0")
+    assert (new.card, new.date, new.torch) == ("NVIDIA A100-SXM4-80GB", "2026-01-05", "2.6.0")
+    for run in runs:
+        assert run.card in run.label and run.date in run.label
+        assert run.is_gpu
+
+
+def test_recorded_runs_can_include_cpu_runs(results):
+    names = [r.path.name for r in recorded_runs(results, gpu_only=False)]
+    assert names == ["2025-12-01-h100-old.json", "2026-01-02-a100.json", "2026-02-02-cpu.json"]
+
+
+def test_undated_file_is_labelled_undated(tmp_path):
+    write(tmp_path / "h200.json", {"device": "NVIDIA H200"})
+    (run,) = recorded_runs(tmp_path)
+    assert run.date == "undated"
+    assert run.torch == "?"
+
+
+def test_empty_directory_has_no_runs(tmp_path):
+    assert recorded_runs(tmp_path) == []
+
+
+def test_lookup_returns_newest_value_and_its_run(results):
+    value, run = lookup("a.b", results)
+    assert value == 2
+    assert run.card == "NVIDIA A100-SXM4-80GB"
+
+
+def test_lookup_returns_subtrees(results):
+    value, _ = lookup("a", results)
+    assert value == {"b": 2, "c": [1, 2]}
+
+
+def test_lookup_falls_back_to_older_runs(results):
+    value, run = lookup("only_old.x", results)
+    assert value == 7
+    assert run.card == "NVIDIA H100"
+
+
+@pytest.mark.parametrize("key", ["missing", "a.missing", "a.b.c", "comment"])
+def test_lookup_missing_path_is_none(results, key):
+    assert lookup(key, results) is None
+
+
+def test_save_results_round_trips_as_a_cpu_run(tmp_path):
+    path = save_results({"a": {"b": 5}}, "cpu", source="test", suffix="smoke", directory=tmp_path / "out")
+    assert path.parent == tmp_path / "out"
+    assert path.name.endswith("-cpu-smoke.json")
+    data = json.loads(path.read_text())
+    assert (data["card"], data["device_type"], data["source"]) == ("CPU", "cpu", "test")
+    assert data["results"] == {"a": {"b": 5}}
+    assert recorded_runs(path.parent) == []
+    (run,) = recorded_runs(path.parent, gpu_only=False)
+    assert run.card == "CPU" and run.date == data["date"]
+    assert path.name.startswith(data["date"])
+
+
+def test_repository_has_recorded_gpu_runs():
+    assert results_dir().is_dir()
+    runs = recorded_runs()
+    assert any("NVIDIA" in r.card for r in runs)
+    assert all(r.is_gpu for r in runs)
