@@ -28,6 +28,7 @@ __all__ = [
     "SIZES",
     "build_model",
     "example_batch",
+    "input_spec_of",
 ]
 
 
@@ -196,23 +197,28 @@ def build_model(name: str, size: str = "small", device: str | torch.device = "cp
     return model.to(device).eval()
 
 
-def example_batch(model: nn.Module, n: int, *, device: str | torch.device | None = None, seed: int | None = 0) -> torch.Tensor:
-    """A random batch of ``n`` inputs matching ``model.input_spec``.
-
-    It lands on the model's device, and float inputs take the model's precision (a half-precision
-    model gets half-precision inputs), unless ``device`` says otherwise.
-    """
+def input_spec_of(model: nn.Module) -> InputSpec | None:
+    """The model's `InputSpec`, with float inputs in the model's own precision (a model cast to
+    half precision takes half-precision inputs); None for a model without one."""
     spec: InputSpec | None = getattr(model, "input_spec", None)
+    param = next(model.parameters(), None)
+    if spec is None or param is None or not (spec.dtype.is_floating_point and param.dtype.is_floating_point):
+        return spec
+    return InputSpec(spec.shape, param.dtype, spec.high)
+
+
+def example_batch(model: nn.Module, n: int, *, device: str | torch.device | None = None, seed: int | None = 0) -> torch.Tensor:
+    """A random batch of ``n`` inputs for ``model`` (see `input_spec_of`), on its device by default."""
+    spec = input_spec_of(model)
     if spec is None:
         raise ValueError(f"{type(model).__name__} has no input_spec; build it with labkit.models")
     if n < 1:
         raise ValueError(f"batch size must be at least 1, got {n}")
-    param = next(model.parameters(), None)
     if device is None:
+        param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     shape = (n, *spec.shape)
     if spec.dtype.is_floating_point:
-        dtype = param.dtype if param is not None and param.dtype.is_floating_point else spec.dtype
-        return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+        return torch.randn(shape, generator=gen).to(device=device, dtype=spec.dtype)
     return torch.randint(0, spec.high or 2, shape, generator=gen, dtype=spec.dtype).to(device)

@@ -160,7 +160,7 @@ def plot_adaptive_history(histories: dict[str, Sequence[dict[str, float]]], *, t
 def plot_latency_by_group(groups: dict[str, dict[str, Sequence[float]]], *, title: str) -> Figure:
     """p50 and p99 latency per group (e.g. priority level) for each configuration, side by side."""
     configs = list(groups)
-    names = sorted({g for c in configs for g in groups[c]})
+    names = list(dict.fromkeys(g for c in configs for g in groups[c]))  # in the order given
     fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 3.5), sharey=True, squeeze=False)
     for ax, config in zip(axes[0], configs, strict=True):
         p50 = [np.percentile(groups[config][g], 50) if len(groups[config].get(g, [])) else np.nan for g in names]

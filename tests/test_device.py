@@ -120,4 +120,5 @@ def test_sync_on_cpu_is_a_no_op(device):
 
 
 def test_describe_cpu_mentions_threads():
-    assert describe("cpu") == f"CPU ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    assert describe("cpu") == f"CPU ({n} thread{'s' if n != 1 else ''})"

@@ -91,6 +91,8 @@ class AdaptiveBatcher(DynamicBatcher):
             raise ValueError(f"policy must be 'model' (fitted cost) or 'aimd', got {policy!r}")
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], got {headroom}")
+        if aimd_step < 1 or window < 1:
+            raise ValueError(f"aimd_step and window must be at least 1, got {aimd_step} and {window}")
         self.target_p99_ms = target_p99_ms
         self.policy = policy
         self.shed = shed
@@ -119,13 +121,19 @@ class AdaptiveBatcher(DynamicBatcher):
     def _admit(self, req: Request) -> None:
         if not (self.shed and self.cost.ready):
             return
-        batches_ahead = len(self._queue) // self.cap + (1 if self._inflight else 0)
-        expected = (batches_ahead + 1) * self.cost.predict(self.cap)
+        cap, _ = self._plan()  # the cap this request's batch would have now, not a stale one
+        ahead = len(self._queue)
+        expected = (
+            (self.cost.predict(cap) if self._inflight else 0.0)  # the batch computing now
+            + (ahead // cap) * self.cost.predict(cap)  # full batches ahead of this one
+            + self.cost.predict(ahead % cap + 1)  # this request's own batch
+        )
         if expected > self.target_p99_ms:
+            self.stats.submitted += 1  # accepted and shed at once: counted as both
             self.stats.shed += 1
             raise LoadShedError(
                 f"would take about {expected:.1f} ms (target_p99_ms={self.target_p99_ms:g}): "
-                f"{len(self._queue)} requests already waiting"
+                f"{ahead} requests already waiting"
             )
 
     def _screen(self, batch: list[Request], now: float) -> list[Request]:

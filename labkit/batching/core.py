@@ -20,9 +20,9 @@ from torch import nn
 
 from labkit.batching.engine import BatchRunner
 from labkit.batching.errors import BatcherError, BatcherStoppedError, QueueFullError
-from labkit.batching.queues import FifoQueue, PriorityQueues, Request
+from labkit.batching.queues import DROPPED, FifoQueue, PriorityQueues, Request
 from labkit.batching.stats import BatcherStats
-from labkit.models import InputSpec
+from labkit.models import InputSpec, input_spec_of
 
 __all__ = ["Batcher"]
 
@@ -56,7 +56,7 @@ class Batcher:
             param = next(fn_or_model.parameters(), None)
             self.device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
             fn_or_model = fn_or_model.to(self.device).eval()
-            input_spec = input_spec or getattr(fn_or_model, "input_spec", None)
+            input_spec = input_spec or input_spec_of(fn_or_model)
         else:
             self.device = torch.device(device or "cpu")
         self.fn = fn_or_model
@@ -188,8 +188,13 @@ class Batcher:
             raise BatcherStoppedError(f"{type(self).__name__} is {state}; request refused")
         if timeout_ms is not None and timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
-        self._validate(x)
         loop = self._loop
+        if asyncio.get_running_loop() is not loop:
+            raise RuntimeError(
+                f"{type(self).__name__}.submit must be awaited on the event loop it was started on; "
+                "from another thread or loop use submit_sync"
+            )
+        self._validate(x)
         now = loop.time()
         req = Request(x, loop.create_future(), now, priority=priority)
         if timeout_ms is not None:
@@ -288,7 +293,7 @@ class Batcher:
                 await self._wake.wait()
                 continue
             cap, wait_s = self._plan()
-            self._cap = cap
+            cap = self._cap = max(1, cap)
             due = self._queue.oldest_arrival() + wait_s
             now = loop.time()
             if len(self._queue) >= cap or now >= due or self._stopping:
@@ -302,16 +307,22 @@ class Batcher:
             timer.cancel()
 
     def _take(self, cap: int, now: float) -> list[Request]:
-        batch = []
-        for req in self._queue.take(cap, now):
-            if req.timer is not None:
-                req.timer.cancel()
-            if req.deadline is not None and req.deadline <= now:  # its timer is due but has not run
-                self.stats.timed_out += 1
-                req.future.set_exception(TimeoutError("request not scheduled within its timeout_ms"))
-            else:
-                batch.append(req)
-                self.stats.queue_wait_ms.append((now - req.arrival) * 1e3)
+        """Up to ``cap`` requests for a batch; expired or cancelled ones get their outcome here."""
+        batch: list[Request] = []
+        while len(batch) < cap and len(self._queue):
+            for req in self._queue.take(cap - len(batch), now):
+                if req.timer is not None:
+                    req.timer.cancel()
+                if req.future.done():  # cancelled by its caller, whose handler has not run yet
+                    req.state = DROPPED
+                    self.stats.cancelled += 1
+                elif req.deadline is not None and req.deadline <= now:  # its timer is due, not yet run
+                    req.state = DROPPED
+                    self.stats.timed_out += 1
+                    req.future.set_exception(TimeoutError("request not scheduled within its timeout_ms"))
+                else:
+                    batch.append(req)
+                    self.stats.queue_wait_ms.append((now - req.arrival) * 1e3)
         return batch
 
     def _dispatch(self, batch: list[Request], slot: int) -> None:
@@ -332,6 +343,7 @@ class Batcher:
         self.stats.batch_ms.append(batch_ms)
         for req, outcome in zip(batch, outcomes, strict=True):
             if req.future.done():  # the caller gave up while its batch was running
+                self.stats.cancelled += 1
                 continue
             if isinstance(outcome, BaseException):
                 self.stats.failed += 1

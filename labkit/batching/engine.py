@@ -72,7 +72,8 @@ class BatchRunner:
         t0 = time.perf_counter()
         s = self.slots[slot]
         outcomes: list[Outcome] = [None] * len(xs)
-        with torch.inference_mode(), (torch.cuda.stream(s.stream) if s.stream else nullcontext()):
+        # no_grad rather than inference_mode: results are ordinary tensors a caller may modify.
+        with torch.no_grad(), (torch.cuda.stream(s.stream) if s.stream else nullcontext()):
             batch = s.stage(xs)
             self._run_isolating(batch, 0, len(xs), outcomes)
             if s.stream is not None:
@@ -102,7 +103,10 @@ class BatchRunner:
             return [{k: col[i] for k, col in columns.items()} for i in range(n)]
         if isinstance(out, (tuple, list)):
             columns = [self._rows(v, n) for v in out]
-            return [type(out)(col[i] for col in columns) for i in range(n)]
+            rows = [[col[i] for col in columns] for i in range(n)]
+            if hasattr(out, "_fields"):  # a named tuple takes its fields as arguments
+                return [type(out)(*row) for row in rows]
+            return [type(out)(row) for row in rows]
         raise TypeError(f"the model returned {type(out).__name__}; expected a tensor, or a tuple/list/dict of tensors")
 
     def _deliver(self, out: torch.Tensor) -> torch.Tensor:

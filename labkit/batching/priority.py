@@ -4,7 +4,9 @@ Level 0 is the most important. Unlike the guide's version, which reserves fixed 
 batch and leaves them empty when a level has nothing waiting, every slot is filled while any
 request waits (work-conserving). Slots go by ``policy``: ``"strict"`` (level 0 first, then 1, ...)
 or ``"weighted"`` (shares by ``weights`` among the levels with requests). ``max_age_ms`` bounds
-starvation: a request that has waited that long goes into the next batch ahead of every level.
+starvation: requests that have waited that long, from any level, get up to ``aged_share`` of the
+next batch (at least one slot), oldest first; the policy fills the rest. Low priority always
+progresses, and under overload high priority still keeps most of each batch.
 Each level can have its own queue limit and default timeout, as Triton's queue policies do, and
 its own order: ``"fifo"``, or ``"edf"`` (earliest deadline first, for requests with timeouts).
 """
@@ -33,6 +35,7 @@ class PriorityBatcher(Batcher):
         weights: Sequence[float] | None = None,
         order: str = "fifo",
         max_age_ms: float | None = 100.0,
+        aged_share: float = 0.25,
         max_queue_size: int | Sequence[int] = 1024,
         timeouts_ms: Sequence[float | None] | None = None,
         **kwargs: Any,
@@ -49,7 +52,7 @@ class PriorityBatcher(Batcher):
         self.timeouts_ms = timeouts
         self._queue_args = dict(
             policy=policy, weights=weights, order=order, max_sizes=sizes,
-            max_age_s=None if max_age_ms is None else max_age_ms / 1e3,
+            max_age_s=None if max_age_ms is None else max_age_ms / 1e3, aged_share=aged_share,
         )
         super().__init__(fn_or_model, **kwargs)
 

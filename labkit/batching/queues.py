@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,6 +128,18 @@ class _Level:
         self.live -= 1
         return req
 
+    def aged(self, cutoff: float, k: int) -> list[Request]:
+        """Up to ``k`` of the oldest live requests that arrived at or before ``cutoff``."""
+        if self.order == "fifo":  # arrival order: the aged ones are at the front
+            found = []
+            for r in self.fifo:
+                if r.arrival > cutoff or len(found) == k:
+                    break
+                if r.queued:
+                    found.append(r)
+            return found
+        return sorted((r for _, _, r in self.heap if r.queued and r.arrival <= cutoff), key=lambda r: r.arrival)[:k]
+
     def items(self) -> list[Request]:
         reqs = list(self.fifo) if self.order == "fifo" else [r for _, _, r in self.heap]
         return [r for r in reqs if r.queued]
@@ -151,6 +164,7 @@ class PriorityQueues:
         order: str = "fifo",
         max_sizes: Sequence[int],
         max_age_s: float | None = None,
+        aged_share: float = 0.25,
     ) -> None:
         if policy not in ("strict", "weighted"):
             raise ValueError(f"policy must be 'strict' or 'weighted', got {policy!r}")
@@ -159,9 +173,12 @@ class PriorityQueues:
         weights = list(weights) if weights is not None else [float(2 ** (levels - 1 - i)) for i in range(levels)]
         if len(weights) != levels or min(weights) <= 0:
             raise ValueError(f"weights must be {levels} positive numbers, got {weights}")
+        if not 0 < aged_share <= 1:
+            raise ValueError(f"aged_share must be in (0, 1], got {aged_share}")
         self.policy = policy
         self.weights = weights
         self.max_age_s = max_age_s
+        self.aged_share = aged_share
         self.levels = [_Level(order, m) for m in max_sizes]
         self._credit = [0.0] * levels
 
@@ -188,7 +205,7 @@ class PriorityQueues:
     def take(self, n: int, now: float | None = None) -> list[Request]:
         batch: list[Request] = []
         if self.max_age_s is not None and now is not None:
-            batch += self._take_aged(n, now)
+            batch += self._take_aged(min(n, math.ceil(self.aged_share * n)), now)
         while len(batch) < n:
             level = self._next_level()
             if level is None:
@@ -211,11 +228,11 @@ class PriorityQueues:
         self._credit[best] -= total
         return best
 
-    def _take_aged(self, n: int, now: float) -> list[Request]:
-        aged = sorted(
-            (r for lv in self.levels for r in lv.items() if now - r.arrival >= self.max_age_s),
-            key=lambda r: r.arrival,
-        )[:n]
+    def _take_aged(self, k: int, now: float) -> list[Request]:
+        """The ``k`` oldest requests that have waited ``max_age_s``, from any level."""
+        cutoff = now - self.max_age_s
+        candidates = [r for lv in self.levels for r in lv.aged(cutoff, k)]
+        aged = sorted(candidates, key=lambda r: r.arrival)[:k]
         for req in aged:
             req.state = DISPATCHED
             self.levels[req.priority].live -= 1

@@ -15,7 +15,7 @@ from labkit.batching import (
     DynamicBatcher,
     QueueFullError,
 )
-from labkit.models import InputSpec, build_model
+from labkit.models import InputSpec, build_model, example_batch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,7 +117,7 @@ def test_idle_batcher_uses_no_cpu():
             await asyncio.sleep(0.5)
             return time.process_time() - c0
 
-    assert run(main()) < 0.05
+    assert run(main()) < 0.01  # measured ~0.0003 s; polling every 0.5 ms costs ~0.025 s
 
 
 def test_batcher_waiting_on_its_timer_uses_no_cpu():
@@ -134,7 +134,7 @@ def test_batcher_waiting_on_its_timer_uses_no_cpu():
         return used, await task  # stop() drains it
 
     used, y = run(main())
-    assert used < 0.05
+    assert used < 0.01
     assert torch.equal(y, vec(2))
 
 
@@ -262,6 +262,19 @@ def test_labkit_model_input_spec_is_used():
     torch.testing.assert_close(y, expected)
 
 
+def test_reduced_precision_labkit_model_is_served_with_its_own_inputs():
+    model = build_model("mlp", "small").to(torch.bfloat16)
+    x = example_batch(model, 1)[0]  # labkit's own input for this model: bfloat16
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1) as b:
+            return await b.submit(x)
+
+    y = run(main())
+    with torch.no_grad():
+        torch.testing.assert_close(y, model(x[None])[0])
+
+
 # -- backpressure -------------------------------------------------------------------------------
 
 
@@ -358,10 +371,6 @@ def test_cancelled_while_queued_is_never_computed():
     assert 7.0 not in model.seen
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: core.py Batcher._take / queues.py FifoQueue.take dispatch a request whose future was "
-    "already cancelled but whose caller task has not yet run its CancelledError handler: "
-    "its input is computed and stats.cancelled is not incremented"))
 def test_cancel_racing_with_dispatch_is_not_computed():
     model = Recorder()
 
@@ -383,15 +392,13 @@ def test_cancel_racing_with_dispatch_is_not_computed():
     assert cancelled == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: core.py Batcher._take calls req.future.set_exception(TimeoutError) without checking "
-    "req.future.done(); on a request whose caller was just cancelled this raises "
-    "InvalidStateError in the scheduler, which then fails every waiting request and stops"))
 def test_cancel_racing_with_expired_deadline_keeps_the_batcher_alive():
     model = Recorder()
 
     async def main():
-        async with DynamicBatcher(model, max_batch_size=2, max_wait_ms=10_000) as b:
+        b = DynamicBatcher(model, max_batch_size=2, max_wait_ms=10_000)
+        await b.start()
+        try:
             victim = asyncio.create_task(b.submit(vec(7), timeout_ms=30))
             await asyncio.sleep(0.01)
             other = asyncio.create_task(b.submit(vec(8)))
@@ -400,9 +407,14 @@ def test_cancel_racing_with_expired_deadline_keeps_the_batcher_alive():
             time.sleep(0.04)  # the victim's deadline passes before its timer can run
             with pytest.raises(asyncio.CancelledError):
                 await victim
-            y = await other
-            z = await b.submit(vec(9))
+            y = await asyncio.wait_for(other, 2)
+            b.max_wait_ms = 1
+            z = await asyncio.wait_for(b.submit(vec(9)), 2)
             return y, z
+        finally:
+            await b.stop()
+            if b._task.done() and not b._task.cancelled():
+                b._task.exception()  # retrieved, so asyncio does not log it at exit
 
     y, z = run(main())
     assert torch.equal(y, vec(16))
@@ -420,12 +432,15 @@ def test_stop_drains_every_accepted_request():
         await b.start()
         tasks = [asyncio.create_task(b.submit(vec(i))) for i in range(50)]
         await asyncio.sleep(0)  # all queued, none awaited
+        t0 = time.perf_counter()
         await b.stop()
+        stopped_in = time.perf_counter() - t0
         with pytest.raises(BatcherStoppedError):
             await b.submit(vec(1))
-        return await asyncio.gather(*tasks)
+        return stopped_in, await asyncio.gather(*tasks)
 
-    out = run(main())
+    stopped_in, out = run(main())
+    assert stopped_in < 2.0  # the last partial batch does not wait out max_wait_ms
     assert [o[0].item() for o in out] == [2.0 * i for i in range(50)]
     assert sorted(model.seen) == [float(i) for i in range(50)]
 
@@ -586,28 +601,30 @@ def _overlaps(spans: list[tuple[float, float]]) -> bool:
     return any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False))
 
 
-def test_two_inflight_batches_overlap():
+def _second_batch_wait_ms(max_inflight: int) -> list[float]:
     model = Recorder(sleep_s=0.05)
 
     async def main():
-        async with DynamicBatcher(model, max_batch_size=2, max_wait_ms=1, max_inflight=2) as b:
+        async with DynamicBatcher(model, max_batch_size=2, max_wait_ms=1, max_inflight=max_inflight) as b:
             await asyncio.gather(*(b.submit(vec(i)) for i in range(4)))
+            return list(b.stats.queue_wait_ms)
 
-    run(main())
+    waits = run(main())
     assert model.sizes == [2, 2]
-    assert _overlaps(model.spans)
+    if max_inflight == 1:
+        assert not _overlaps(model.spans)
+    return waits[2:]
 
 
-def test_one_inflight_batch_never_overlaps():
-    model = Recorder(sleep_s=0.05)
+def test_second_inflight_batch_is_dispatched_while_the_first_computes():
+    # On a CPU the batches of a batcher compute on one worker thread (engine.BatchRunner.threads),
+    # so "in flight" means taken from the queue and collated while the previous batch computes;
+    # the overlap of two computing batches is checked on a GPU (tests/gpu/test_gpu_batching.py).
+    assert max(_second_batch_wait_ms(max_inflight=2)) < 25
 
-    async def main():
-        async with DynamicBatcher(model, max_batch_size=2, max_wait_ms=1, max_inflight=1) as b:
-            await asyncio.gather(*(b.submit(vec(i)) for i in range(8)))
 
-    run(main())
-    assert model.sizes == [2, 2, 2, 2]
-    assert not _overlaps(model.spans)
+def test_one_inflight_batch_never_overlaps_and_the_next_waits_for_it():
+    assert min(_second_batch_wait_ms(max_inflight=1)) >= 45
 
 
 # -- stats --------------------------------------------------------------------------------------
@@ -660,9 +677,6 @@ def test_summary_counts_add_up():
     assert len(stats.queue_wait_ms) == dispatched
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: core.py Batcher._finish skips a request whose caller was cancelled while its batch "
-    "ran without counting it anywhere, so submitted != completed+failed+timed_out+cancelled+shed"))
 def test_summary_counts_add_up_when_a_caller_gives_up_during_compute():
     gate = threading.Event()
     model = Recorder(gate=gate)

@@ -1,0 +1,209 @@
+"""AdaptiveBatcher: the fitted cost model, the "model" and "aimd" policies, load shedding."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+
+import pytest
+import torch
+
+from labkit.batching import AdaptiveBatcher, BatchCostModel, LoadShedError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def vec(i: float, n: int = 4) -> torch.Tensor:
+    return torch.full((n,), float(i))
+
+
+class LinearCostModel:
+    """Takes ``fixed_ms + per_item_ms * n`` (sleeping), doubles its input, records batch sizes."""
+
+    def __init__(self, fixed_ms: float, per_item_ms: float):
+        self.fixed_ms = fixed_ms
+        self.per_item_ms = per_item_ms
+        self.lock = threading.Lock()
+        self.sizes: list[int] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep((self.fixed_ms + self.per_item_ms * x.shape[0]) / 1e3)
+        with self.lock:
+            self.sizes.append(x.shape[0])
+        return x * 2
+
+
+# -- BatchCostModel -----------------------------------------------------------------------------
+
+
+def test_cost_model_fits_a_line_exactly():
+    cost = BatchCostModel()
+    assert not cost.ready
+    for n in (1, 4, 8, 16, 32, 3):
+        cost.observe(n, 2 + 0.5 * n)
+    assert cost.ready
+    assert cost.a == pytest.approx(2.0, abs=1e-9)
+    assert cost.b == pytest.approx(0.5, abs=1e-9)
+    assert cost.predict(28) == pytest.approx(16.0)
+
+
+def test_cost_model_with_one_size_is_proportional():
+    cost = BatchCostModel()
+    for ms in (9.0, 11.0, 10.0):
+        cost.observe(8, ms)
+    assert cost.a == 0.0
+    assert cost.b == pytest.approx(10.0 / 8)
+    assert cost.predict(16) == pytest.approx(20.0)
+
+
+def test_cost_model_ignores_non_finite_times_and_keeps_a_window():
+    cost = BatchCostModel(window=4)
+    cost.observe(4, math.nan)
+    cost.observe(4, math.inf)
+    assert not cost.ready
+    for n in (100, 200):  # old points with a different line, pushed out of the window
+        cost.observe(n, 1000.0 * n)
+    for n in (2, 4, 6, 8):
+        cost.observe(n, 1 + 2 * n)
+    assert len(cost.sizes) == 4
+    assert (cost.a, cost.b) == (pytest.approx(1.0), pytest.approx(2.0))
+
+
+# -- policy="model" -----------------------------------------------------------------------------
+
+
+def test_model_policy_converges_to_the_largest_cap_meeting_the_target():
+    model = LinearCostModel(2.0, 0.5)
+
+    async def main():
+        async with AdaptiveBatcher(model, target_p99_ms=40, headroom=0.8, max_batch_size=64,
+                                   max_wait_ms=5) as b:
+            assert b.cap == 64  # nothing measured yet: the upper bound
+            for _ in range(3):
+                out = await asyncio.gather(*(b.submit(vec(i)) for i in range(150)))
+                assert all(torch.equal(o, vec(2 * i)) for i, o in enumerate(out))
+            return b.cap, list(b.history), b.stats.batches
+
+    cap, history, batches = run(main())
+    assert 1 < cap <= 28  # 2 * (2 + 0.5 * cap) <= 0.8 * 40
+    assert 2 * (2 + 0.5 * cap) <= 32
+    assert cap >= 12  # and not needlessly small: the fit follows the real cost
+    assert len(history) == batches
+    assert [h["size"] for h in history] == model.sizes
+    assert history[0]["size"] == 64  # before any measurement the cap is max_batch_size
+    assert all(1 < h["cap"] <= 28 for h in history[-5:])  # converged, and stays there
+    assert max(model.sizes[-5:]) <= 28
+
+
+def test_shed_refuses_requests_that_cannot_meet_the_target():
+    model = LinearCostModel(20.0, 0.0)
+
+    async def main():
+        async with AdaptiveBatcher(model, target_p99_ms=30, shed=True, max_batch_size=8,
+                                   max_wait_ms=1) as b:
+            out = await asyncio.gather(*(b.submit(vec(i)) for i in range(100)), return_exceptions=True)
+            after = await b.submit(vec(1000))  # the overload is over: served again
+        return out, after, b.stats.summary()
+
+    out, after, s = run(main())
+    shed = [o for o in out if isinstance(o, LoadShedError)]
+    served = [(i, o) for i, o in enumerate(out) if isinstance(o, torch.Tensor)]
+    assert len(shed) + len(served) == 100, [o for o in out if not isinstance(o, (LoadShedError, torch.Tensor))]
+    assert shed and served
+    assert all(torch.equal(o, vec(2 * i)) for i, o in served)
+    assert s["shed"] == len(shed)
+    assert s["completed"] == len(served) + 1
+    assert torch.equal(after, vec(2000))
+    assert s["submitted"] == s["completed"] + s["failed"] + s["timed_out"] + s["cancelled"] + s["shed"]
+
+
+def test_counts_add_up_when_shedding_at_admission():
+    model = LinearCostModel(20.0, 0.0)
+
+    async def main():
+        async with AdaptiveBatcher(model, target_p99_ms=30, shed=True, max_batch_size=8,
+                                   max_wait_ms=1) as b:
+            await b.submit(vec(0))  # the cost model is ready from here on
+            out = await asyncio.gather(*(b.submit(vec(i)) for i in range(100)), return_exceptions=True)
+        return out, b.stats.summary()
+
+    out, s = run(main())
+    assert any(isinstance(o, LoadShedError) for o in out)
+    assert s["submitted"] == s["completed"] + s["failed"] + s["timed_out"] + s["cancelled"] + s["shed"]
+
+
+def test_shedding_does_not_lock_out_an_idle_batcher():
+    model = LinearCostModel(20.0, 0.0)  # any batch takes 20 ms: a lone request meets 30 ms
+
+    async def main():
+        async with AdaptiveBatcher(model, target_p99_ms=30, shed=True, max_batch_size=8,
+                                   max_wait_ms=1) as b:
+            first = await b.submit(vec(1))
+            later = []
+            for i in range(3):
+                await asyncio.sleep(0.03)  # idle: nothing queued, nothing running
+                later.append(await b.submit(vec(i)))
+            return first, later
+
+    first, later = run(main())
+    assert torch.equal(first, vec(2))
+    assert [o[0].item() for o in later] == [0.0, 2.0, 4.0]
+
+
+def test_invalid_arguments_raise_value_error():
+    for kwargs in (
+        dict(target_p99_ms=0),
+        dict(target_p99_ms=-5),
+        dict(target_p99_ms=10, policy="pid"),
+        dict(target_p99_ms=10, headroom=0),
+        dict(target_p99_ms=10, headroom=1.5),
+        dict(target_p99_ms=10, max_batch_size=0),
+        dict(target_p99_ms=10, max_queue_size=0),
+    ):
+        with pytest.raises(ValueError):
+            AdaptiveBatcher(lambda x: x, **kwargs)
+    AdaptiveBatcher(lambda x: x, target_p99_ms=10, headroom=1.0)  # the bounds that are allowed
+
+
+@pytest.mark.parametrize("kwargs", [dict(aimd_step=-4), dict(window=0)], ids=["aimd_step<0", "window=0"])
+def test_invalid_step_or_window_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        AdaptiveBatcher(lambda x: x, target_p99_ms=10, policy="aimd", **kwargs)
+
+
+# -- policy="aimd" ------------------------------------------------------------------------------
+
+
+def test_aimd_starts_at_one_grows_additively_and_halves_on_a_miss():
+    slow = threading.Event()
+    sizes: list[int] = []
+
+    def model(x):
+        sizes.append(x.shape[0])
+        time.sleep(0.15 if slow.is_set() else 0.0)
+        return x * 2
+
+    async def main():
+        async with AdaptiveBatcher(model, target_p99_ms=100, headroom=0.8, policy="aimd",
+                                   aimd_step=4, max_batch_size=64, max_wait_ms=2,
+                                   max_inflight=1) as b:
+            assert b.cap == 1
+            first = await asyncio.gather(*(b.submit(vec(i)) for i in range(3)))
+            for i in range(3):
+                await b.submit(vec(i))
+            slow.set()
+            await b.submit(vec(1))  # worst latency ~150 ms > 100 ms
+            slow.clear()
+            await b.submit(vec(2))
+            return first, [h["cap"] for h in b.history]
+
+    first, caps = run(main())
+    assert sizes[:2] == [1, 2]  # the first batch was capped at 1
+    assert [o[0].item() for o in first] == [0.0, 2.0, 4.0]
+    assert caps == [5, 9, 13, 17, 21, 10, 14]
