@@ -82,7 +82,8 @@ class BatchRunner:
 
     def _run_isolating(self, batch: torch.Tensor, lo: int, hi: int, outcomes: list[Outcome]) -> None:
         try:
-            outcomes[lo:hi] = self._rows(self.fn(batch[lo:hi]), hi - lo)
+            part = batch if hi - lo == len(batch) else batch[lo:hi]
+            outcomes[lo:hi] = self._rows(self.fn(part), hi - lo)
         except Exception as exc:
             if hi - lo == 1:
                 outcomes[lo] = exc
@@ -110,9 +111,10 @@ class BatchRunner:
         raise TypeError(f"the model returned {type(out).__name__}; expected a tensor, or a tuple/list/dict of tensors")
 
     def _deliver(self, out: torch.Tensor) -> torch.Tensor:
-        out = out.detach()
+        if out.requires_grad:  # a fn that enabled grad itself
+            out = out.detach()
         if not self.results_on_device:
-            return out.to("cpu")
+            return out if out.is_cpu else out.to("cpu")
         if out.device.type == "cuda":
             # Callers use the rows on the default stream; tell the allocator, so this memory is
             # not handed to the next batch on the slot's stream while callers still read it.

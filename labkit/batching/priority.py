@@ -13,7 +13,7 @@ its own order: ``"fifo"``, or ``"edf"`` (earliest deadline first, for requests w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import torch
@@ -59,9 +59,12 @@ class PriorityBatcher(Batcher):
     def _make_queue(self) -> PriorityQueues:
         return PriorityQueues(self.levels, **self._queue_args)
 
-    async def submit(self, x: torch.Tensor, *, priority: int, timeout_ms: float | None = None) -> Any:
-        """Queue ``x`` at ``priority`` (0 = most important); ``timeout_ms`` overrides the level's default."""
-        return await self._submit(x, self._timeout(priority, timeout_ms), priority)
+    def submit(self, x: torch.Tensor, *, priority: int, timeout_ms: float | None = None) -> Coroutine[Any, Any, Any]:
+        """Queue ``x`` at ``priority`` (0 = most important); ``timeout_ms`` overrides the level's default.
+
+        A bad ``priority`` raises `ValueError` at once, before anything is awaited.
+        """
+        return self._submit(x, self._timeout(priority, timeout_ms), priority)
 
     def submit_sync(self, x: torch.Tensor, *, priority: int, timeout_ms: float | None = None) -> Any:
         timeout = self._timeout(priority, timeout_ms)

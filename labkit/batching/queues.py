@@ -13,7 +13,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,7 +37,6 @@ class Request:
     priority: int = 0
     state: int = QUEUED
     timer: asyncio.TimerHandle | None = None
-    seq: int = field(default_factory=lambda: next(_seq))
 
     @property
     def queued(self) -> bool:
@@ -74,9 +73,10 @@ class FifoQueue:
     def take(self, n: int, now: float | None = None) -> list[Request]:
         """Up to ``n`` live requests, oldest first, marked dispatched."""
         batch: list[Request] = []
-        while self._items and len(batch) < n:
-            req = self._items.popleft()
-            if req.queued:
+        items = self._items
+        while items and len(batch) < n:
+            req = items.popleft()
+            if req.state == QUEUED:
                 req.state = DISPATCHED
                 batch.append(req)
         self._live -= len(batch)
@@ -101,7 +101,7 @@ class _Level:
             self.fifo.append(req)
         else:  # requests without a deadline go after every request that has one, in arrival order
             key = req.deadline if req.deadline is not None else float("inf")
-            heapq.heappush(self.heap, (key, req.seq, req))
+            heapq.heappush(self.heap, (key, next(_seq), req))
         self.live += 1
 
     def _prune(self) -> None:
