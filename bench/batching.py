@@ -12,7 +12,6 @@ saturation, and p50/p99 under Poisson load at 70% of the batcher's capacity.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import sys
@@ -25,13 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import GuideBatcher  # noqa: E402
+from common import cli  # noqa: E402
 
 from labkit.batching import DynamicBatcher  # noqa: E402
-from labkit.device import pick_device, sync  # noqa: E402
+from labkit.device import sync  # noqa: E402
 from labkit.load import closed_loop, open_loop  # noqa: E402
 from labkit.measure import GPUMonitor  # noqa: E402
 from labkit.models import build_model, example_batch  # noqa: E402
-from labkit.reference import save_results  # noqa: E402
 
 
 async def _waves(submit, x: torch.Tensor, total: int, wave: int) -> float:
@@ -170,22 +169,5 @@ def run(device: torch.device) -> dict[str, Any]:
     return asyncio.run(_run(device))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--save", action="store_true", help="write the figures under bench/results/")
-    args = parser.parse_args()
-    device = pick_device(args.device)
-    results = run(device)
-    for section, figures in results.items():
-        print(section)
-        for key, value in figures.items():
-            if isinstance(value, dict):
-                value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
-            print(f"  {key:32s} {value:.3f}" if isinstance(value, float) else f"  {key:32s} {value}")
-    if args.save:
-        print("saved", save_results(results, device, source="bench/batching.py", suffix="batching"))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run, name="batching", doc=__doc__)

@@ -24,6 +24,8 @@ except ImportError:
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from common import print_table  # noqa: E402
+
 from labkit.device import describe, pick_device  # noqa: E402
 from labkit.reference import save_results  # noqa: E402
 
@@ -73,19 +75,9 @@ def main() -> int:
         print(f"{name}: done in {results[name]['seconds']} s")
     path = save_results(results, device, source="make gpu-check")
     print(f"\nwrote {path.relative_to(ROOT)}\n")
-    _print_table(results)
+    print_table(results)
     ok = results["gpu_tests"].get("exit_code") == 0 and not any("error" in v for v in results.values())
     return 0 if ok else 1
-
-
-def _print_table(results: dict, prefix: str = "") -> None:
-    for key, value in results.items():
-        if isinstance(value, dict):
-            _print_table(value, f"{prefix}{key}.")
-        elif isinstance(value, float):
-            print(f"  {prefix + key:55s} {value:12.3f}")
-        elif isinstance(value, (int, str)) and len(str(value)) < 60:
-            print(f"  {prefix + key:55s} {value:>12}")
 
 
 if __name__ == "__main__":

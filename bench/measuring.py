@@ -6,18 +6,20 @@ Run on any device: ``python bench/measuring.py [--device auto] [--save]``. `make
 
 from __future__ import annotations
 
-import argparse
+import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from labkit.device import pick_device
 from labkit.measure import GPUMonitor
 from labkit.models import build_model
 from labkit.overhead import async_trap, launch_overhead
-from labkit.reference import save_results
 from labkit.sweep import batch_sweep
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cli  # noqa: E402
 
 
 def run(device: torch.device) -> dict[str, Any]:
@@ -41,18 +43,5 @@ def run(device: torch.device) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--save", action="store_true", help="write the figures under bench/results/")
-    args = parser.parse_args()
-    device = pick_device(args.device)
-    results = run(device)
-    for key, value in results.items():
-        print(f"{key:28s} {value}")
-    if args.save:
-        print("saved", save_results(results, device, source="bench/measuring.py", suffix="measuring"))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run, name="measuring", doc=__doc__)
