@@ -15,6 +15,7 @@ from labkit.batching import (
     DynamicBatcher,
     QueueFullError,
 )
+from labkit.batching.engine import INLINE_BELOW_MS
 from labkit.models import InputSpec, build_model, example_batch
 
 pytestmark = pytest.mark.timeout(60)
@@ -697,3 +698,31 @@ def test_summary_counts_add_up_when_a_caller_gives_up_during_compute():
 
     s = run(main())
     assert s["submitted"] == s["completed"] + s["failed"] + s["timed_out"] + s["cancelled"] + s["shed"]
+
+
+def test_tiny_cpu_batches_run_inline_and_a_slow_one_sends_them_back_to_the_worker():
+    threads: list[str] = []
+    slow = threading.Event()
+
+    def model(x):
+        threads.append(threading.current_thread().name)
+        if slow.is_set():
+            time.sleep(2 * INLINE_BELOW_MS / 1e3)
+        return x * 2
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1) as b:
+            for _ in range(12):
+                await asyncio.gather(*(b.submit(vec(j)) for j in range(4)))
+            fast = len(threads)
+            slow.set()
+            outs = [await asyncio.gather(*(b.submit(vec(j)) for j in range(4))) for _ in range(3)]
+        return fast, outs
+
+    fast, outs = run(main())
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop on this thread
+    assert all(t.startswith("labkit-batcher") for t in threads[:8]), threads  # no history yet
+    assert set(threads[8:fast]) == {loop_thread}, threads  # 8 tiny batches seen: inline
+    assert threads[fast] == loop_thread  # the first slow batch could not be foreseen...
+    assert all(t.startswith("labkit-batcher") for t in threads[fast + 1:]), threads  # ...the rest could
+    assert all(torch.equal(y, vec(2 * j)) for out in outs for j, y in enumerate(out))
