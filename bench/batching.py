@@ -134,7 +134,7 @@ async def gpu_figures(device: torch.device, seconds: float = 4.0) -> dict[str, A
         async with DynamicBatcher(model, max_batch_size=32, max_wait_ms=5, max_inflight=inflight, max_queue_size=4096) as b:
             await closed_loop(b.submit, lambda i: one, clients=32 * (inflight + 2), requests=2000)
             with GPUMonitor(device.index or 0, interval_s=0.05) as mon:
-                r = await closed_loop(b.submit, lambda i: one, clients=32 * (inflight + 2), duration_s=seconds)
+                r = await closed_loop(b.submit, lambda i: one, clients=32 * (inflight + 2), requests=None, duration_s=seconds)
         out[f"batcher_inflight{inflight}_img_s"] = r.throughput_rps
         out[f"batcher_inflight{inflight}_util_pct"] = mon.summary()["util_mean_pct"]
     best = max((k for k in out if k.startswith("batcher_inflight") and k.endswith("img_s")), key=out.get)
@@ -152,7 +152,7 @@ async def gpu_figures(device: torch.device, seconds: float = 4.0) -> dict[str, A
 
     guide = GuideBatcher(model, max_batch_size=32, max_wait_time=0.01, device=str(device))
     guide.start()
-    r = await closed_loop(guide.predict, lambda i: one, clients=128, duration_s=seconds)
+    r = await closed_loop(guide.predict, lambda i: one, clients=128, requests=None, duration_s=seconds)
     await guide.stop()
     out["guide_batcher_img_s"] = r.throughput_rps
     return out

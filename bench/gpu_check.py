@@ -38,8 +38,8 @@ def run_gpu_tests() -> dict:
         xml = Path(tmp) / "gpu.xml"
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"],
-            cwd=ROOT, capture_output=True, text=True,
+            [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=240,
         )
         print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
         if not xml.exists():

@@ -169,12 +169,25 @@ def _open_nvml(index: int) -> tuple[Any, str | None, str]:
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        handle = _nvml_handle(pynvml, index)
         name = pynvml.nvmlDeviceGetName(handle)
     except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, driver errors, ...
         return None, None, f"no NVML ({type(exc).__name__}: {exc})"
     name = name.decode() if isinstance(name, bytes) else name
     return handle, name, f"NVML on GPU {index} ({name})"
+
+
+def _nvml_handle(pynvml: Any, index: int) -> Any:
+    """NVML numbers every GPU in the machine, CUDA only the visible ones (CUDA_VISIBLE_DEVICES):
+    match CUDA device ``index`` to its NVML handle by UUID where torch knows it."""
+    try:
+        if torch.cuda.is_available() and index < torch.cuda.device_count():
+            uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+            if uuid is not None:
+                return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    except Exception:  # an older torch or driver, a MIG slice: fall back to the index
+        pass
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def nvml_status(index: int = 0) -> tuple[bool, str]:
@@ -227,7 +240,7 @@ class GPUMonitor:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._thread is None:
+        if self._thread is None or self._stop.is_set():  # never started, or already stopped
             return
         self._stop.set()
         self._thread.join()

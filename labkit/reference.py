@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,11 @@ def recorded_runs(directory: Path | None = None, *, gpu_only: bool = True) -> li
     directory = directory or results_dir()
     runs: list[RecordedRun] = []
     for path in sorted(directory.glob("*.json")):
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            warnings.warn(f"skipping unreadable results file {path.name}: {exc}", stacklevel=2)
+            continue
         card = data.get("card") or data.get("device")
         date = data.get("date") or (m.group(1) if (m := _DATE.match(path.name)) else "undated")
         if card:

@@ -94,3 +94,11 @@ def test_repository_has_recorded_gpu_runs():
     runs = recorded_runs()
     assert any("NVIDIA" in r.card for r in runs)
     assert all(r.is_gpu for r in runs)
+
+
+def test_an_unreadable_results_file_is_skipped_with_a_warning(tmp_path):
+    (tmp_path / "2026-01-01-h100.json").write_text(json.dumps({"card": "NVIDIA H100", "x": 1}))
+    (tmp_path / "2026-01-02-broken.json").write_text("{ not json")
+    with pytest.warns(UserWarning, match="2026-01-02-broken.json"):
+        runs = recorded_runs(tmp_path)
+    assert [r.card for r in runs] == ["NVIDIA H100"]

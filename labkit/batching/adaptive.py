@@ -105,17 +105,16 @@ class AdaptiveBatcher(DynamicBatcher):
         self.wait_ms = max_wait_ms
 
     def _plan(self) -> tuple[int, float]:
-        if self.policy == "model" and self.cost.ready:
+        """Derived afresh from the current bounds each time, so raising a bound takes effect too."""
+        if self.policy == "aimd":  # AIMD steers the cap only; the wait is the configured one
+            self.cap = min(self.cap, self.max_batch_size)
+            self.wait_ms = self.max_wait_ms
+        elif not self.cost.ready:
+            self.cap, self.wait_ms = self.max_batch_size, self.max_wait_ms
+        else:
             budget = self.headroom * self.target_p99_ms
-            cap = 1
-            for n in range(self.max_batch_size, 0, -1):
-                if 2 * self.cost.predict(n) <= budget:
-                    cap = n
-                    break
-            self.cap = cap
-            self.wait_ms = float(np.clip(budget - 2 * self.cost.predict(cap), 0.0, self.max_wait_ms))
-        self.cap = min(self.cap, self.max_batch_size)
-        self.wait_ms = min(self.wait_ms, self.max_wait_ms)
+            self.cap = next((n for n in range(self.max_batch_size, 0, -1) if 2 * self.cost.predict(n) <= budget), 1)
+            self.wait_ms = float(np.clip(budget - 2 * self.cost.predict(self.cap), 0.0, self.max_wait_ms))
         return self.cap, self.wait_ms / 1e3
 
     def _admit(self, req: Request) -> None:
@@ -160,6 +159,7 @@ class AdaptiveBatcher(DynamicBatcher):
         if self.policy == "aimd":
             if worst_ms > self.target_p99_ms:
                 self.cap = max(1, self.cap // 2)
+                self._wake.set()  # a smaller cap may make a waiting batch due now
             elif worst_ms < self.headroom * self.target_p99_ms:
                 self.cap = min(self.max_batch_size, self.cap + self.aimd_step)
         self.history.append({

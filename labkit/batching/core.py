@@ -104,6 +104,7 @@ class Batcher:
         self._input_spec = spec
         self._shape = torch.Size(spec.shape) if spec is not None else None
         self._dtype = spec.dtype if spec is not None else None
+        self._high = spec.high if spec is not None and not spec.dtype.is_floating_point else None
 
     # -- subclass hooks ------------------------------------------------------------------------
 
@@ -144,10 +145,13 @@ class Batcher:
 
     async def stop(self) -> None:
         """Stop accepting, finish every accepted request, then release the worker threads."""
-        if self._task is None or self._task.done():
-            self._accepting = False
-            return
         self._accepting = False
+        if self._task is None:
+            return
+        if self._task.done():  # it ended on its own: say so if it crashed, rather than stay silent
+            if not self._task.cancelled() and self._task.exception() is not None:
+                raise BatcherStoppedError(f"{type(self).__name__}'s scheduler had crashed") from self._task.exception()
+            return
         self._stopping = True
         self._poke()
         await asyncio.shield(self._task)
@@ -164,7 +168,11 @@ class Batcher:
         loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=loop.run_forever, name="labkit-batcher-loop", daemon=True)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(), loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result()
+        except BaseException:
+            self._close_private_loop(loop)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,9 +181,12 @@ class Batcher:
         try:
             asyncio.run_coroutine_threadsafe(self.stop(), loop).result()
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            self._thread.join()
-            loop.close()
+            self._close_private_loop(loop)
+
+    def _close_private_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join()
+        loop.close()
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -243,16 +254,32 @@ class Batcher:
             running = None
         if running is loop:
             raise RuntimeError("submit_sync would block the batcher's own event loop; use `await batcher.submit(x)`")
-        return asyncio.run_coroutine_threadsafe(make_coro(), loop).result()
+        done = asyncio.run_coroutine_threadsafe(make_coro(), loop)
+        while True:  # wait, but never on a loop that has stopped and will not answer
+            try:
+                return done.result(timeout=0.25)
+            except TimeoutError:
+                if done.done():  # the request's own TimeoutError
+                    raise
+                if loop.is_closed() or not loop.is_running():
+                    done.cancel()
+                    raise BatcherStoppedError(f"{type(self).__name__} stopped before answering") from None
 
     def _validate(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             self.stats.invalid += 1
             raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-        if x.is_cpu and x.shape == self._shape and x.dtype == self._dtype:  # the common case, fast
-            return
         spec = self.input_spec
-        if not x.is_cpu:
+        if x.is_cpu and x.shape == self._shape and x.dtype == self._dtype:  # the common case, fast
+            if self._high is None:
+                return
+            # An out-of-range token id would be a device-side assert on a GPU, which poisons the
+            # CUDA context for every later request; refuse it here, where it is one request's error.
+            lo, hi = int(x.min()), int(x.max())
+            if lo >= 0 and hi < self._high:
+                return
+            problem = f"ids in [0, {self._high}), got values from {lo} to {hi}"
+        elif not x.is_cpu:
             problem = f"a CPU tensor (inputs are staged in host memory), got one on {x.device}"
         elif spec is None:  # the first request fixes the signature
             self.input_spec = InputSpec(tuple(x.shape), x.dtype)
@@ -275,9 +302,9 @@ class Batcher:
                 req.future.set_exception(TimeoutError(f"request not scheduled within timeout_ms={timeout_ms:g}"))
 
     def _poke(self) -> None:
-        wake = getattr(self, "_wake", None)
-        if wake is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(wake.set)
+        task, loop = getattr(self, "_task", None), getattr(self, "_loop", None)
+        if task is not None and not task.done() and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
 
     # -- the scheduler ---------------------------------------------------------------------------
 
@@ -347,7 +374,7 @@ class Batcher:
             done = self._loop.create_future()
             try:
                 done.set_result(self._runner.run(slot, xs))
-            except Exception as exc:
+            except BaseException as exc:  # even KeyboardInterrupt: this batch still gets outcomes
                 done.set_exception(exc)
             self._finish(batch, slot, done)
             return
@@ -358,7 +385,7 @@ class Batcher:
     def _finish(self, batch: list[Request], slot: int, done: asyncio.Future) -> None:
         self._inflight.discard(done)
         self._free_slots.put_nowait(slot)
-        if done.cancelled() or done.exception() is not None:  # staging itself failed
+        if done.cancelled() or done.exception() is not None:  # the batch failed as a whole
             error = done.exception() if not done.cancelled() else BatcherStoppedError("batch cancelled")
             outcomes, batch_ms = [error] * len(batch), float("nan")
         else:
@@ -366,17 +393,26 @@ class Batcher:
         self.stats.batches += 1
         self.stats.batch_sizes[len(batch)] += 1
         self.stats.batch_ms.append(batch_ms)
-        for req, outcome in zip(batch, outcomes, strict=True):
-            if req.future.done():  # the caller gave up while its batch was running
-                self.stats.cancelled += 1
-                continue
-            if isinstance(outcome, BaseException):
-                self.stats.failed += 1
-                req.future.set_exception(outcome)
-            else:
-                self.stats.completed += 1
-                req.future.set_result(outcome)
-        self._on_batch_done(batch, batch_ms)
+        try:
+            for req, outcome in zip(batch, outcomes, strict=True):
+                self._resolve(req, outcome)
+        finally:
+            self._on_batch_done(batch, batch_ms)
+
+    def _resolve(self, req: Request, outcome: Any) -> None:
+        """Give ``req`` its outcome, whatever the outcome is."""
+        future = req.future
+        if future.done():  # the caller gave up while its batch was running
+            self.stats.cancelled += 1
+            return
+        if not isinstance(outcome, BaseException):
+            self.stats.completed += 1
+            future.set_result(outcome)
+            return
+        self.stats.failed += 1
+        if isinstance(outcome, (StopIteration, StopAsyncIteration)):  # a future refuses these
+            outcome = RuntimeError(f"the model raised {outcome!r}")
+        future.set_exception(outcome)
 
     def _fail_everything(self, exc: BaseException) -> None:
         self._accepting = False
@@ -384,4 +420,5 @@ class Batcher:
         for req in self._queue.waiting():
             self._drop(req)
             if not req.future.done():
+                self.stats.failed += 1
                 req.future.set_exception(error)

@@ -207,3 +207,20 @@ def test_aimd_starts_at_one_grows_additively_and_halves_on_a_miss():
     assert sizes[:2] == [1, 2]  # the first batch was capped at 1
     assert [o[0].item() for o in first] == [0.0, 2.0, 4.0]
     assert caps == [5, 9, 13, 17, 21, 10, 14]
+
+
+def test_raised_bounds_take_effect_again():
+    async def main():
+        async with AdaptiveBatcher(lambda x: x, target_p99_ms=50, policy="aimd", max_wait_ms=10) as b:
+            b.max_wait_ms = 2
+            low = b._plan()[1]
+            b.max_wait_ms = 10
+            high = b._plan()[1]
+        async with AdaptiveBatcher(lambda x: x, target_p99_ms=50, max_batch_size=64) as m:
+            m.max_batch_size = 8
+            small = m._plan()[0]
+            m.max_batch_size = 64
+            large = m._plan()[0]  # the cost model has seen no batch yet: the bound is the cap
+        return low, high, small, large
+
+    assert run(main()) == (0.002, 0.01, 8, 64)

@@ -726,3 +726,42 @@ def test_tiny_cpu_batches_run_inline_and_a_slow_one_sends_them_back_to_the_worke
     assert threads[fast] == loop_thread  # the first slow batch could not be foreseen...
     assert all(t.startswith("labkit-batcher") for t in threads[fast + 1:]), threads  # ...the rest could
     assert all(torch.equal(y, vec(2 * j)) for out in outs for j, y in enumerate(out))
+
+
+def test_settings_can_change_after_stop_without_touching_the_closed_loop():
+    async def main():
+        async with DynamicBatcher(lambda x: x, max_batch_size=4) as b:
+            await b.submit(vec(1))
+        return b
+
+    b = run(main())  # its loop is closed now
+    b.max_batch_size = 8
+    b.max_wait_ms = 2
+    assert (b.max_batch_size, b.max_wait_ms) == (8, 2.0)
+
+
+def test_submit_sync_after_the_private_loop_closed_is_refused_not_hung():
+    with DynamicBatcher(lambda x: x, max_batch_size=4) as b:
+        assert torch.equal(b.submit_sync(vec(3)), vec(3))
+    with pytest.raises(BatcherStoppedError):
+        b.submit_sync(vec(3))
+
+
+def test_token_ids_out_of_range_are_refused_at_submit():
+    model = build_model("transformer", "small")
+    x = example_batch(model, 1, device="cpu")[0]
+    high = model.input_spec.high
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1) as b:
+            bad = x.clone()
+            bad[0] = high
+            with pytest.raises(ValueError, match=rf"\[0, {high}\)"):
+                await b.submit(bad)
+            bad[0] = -1
+            with pytest.raises(ValueError):
+                await b.submit(bad)
+            return await b.submit(x), b.stats.invalid
+
+    y, invalid = run(main())
+    assert invalid == 2 and y.shape == (10,)

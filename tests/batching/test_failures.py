@@ -146,3 +146,24 @@ def test_namedtuple_output_is_split_per_caller():
         assert isinstance(row, Pair), row
         assert torch.equal(row.double, vec(2 * i))
         assert row.total.item() == 4.0 * i
+
+
+@pytest.mark.parametrize("warm_batches", [0, 10], ids=["on a worker", "inline"])
+def test_a_model_raising_stop_iteration_fails_only_its_culprit(warm_batches):
+    def model(x):
+        if (x[:, 0] < 0).any():
+            raise StopIteration("a futures-hostile exception")
+        return x * 2
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=20) as b:
+            for _ in range(warm_batches):  # enough tiny batches and the CPU path runs inline
+                await asyncio.gather(*(b.submit(vec(1)) for _ in range(4)))
+            out = await asyncio.gather(*(b.submit(vec(-1 if i == 2 else i)) for i in range(4)),
+                                       return_exceptions=True)
+            return out, await b.submit(vec(5))
+
+    out, after = run(main())
+    assert isinstance(out[2], RuntimeError) and "StopIteration" in str(out[2])
+    assert [torch.equal(out[i], vec(2 * i)) for i in (0, 1, 3)] == [True, True, True]
+    assert torch.equal(after, vec(10))  # and the scheduler is alive
