@@ -29,6 +29,7 @@ __all__ = [
     "build_model",
     "example_batch",
     "input_spec_of",
+    "sequential_layers",
 ]
 
 
@@ -195,6 +196,20 @@ def build_model(name: str, size: str = "small", device: str | torch.device = "cp
         torch.manual_seed(seed)
         model = MODELS[name](size)
     return model.to(device).eval()
+
+
+def sequential_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's layers in order, such that running them one after another is its forward:
+    what pipeline and model parallelism cut into stages. (The transformer, whose forward adds a
+    position table and averages over tokens, has no such list.)"""
+    if isinstance(model, MLP):
+        return list(model.layers)
+    if isinstance(model, TinyCNN):
+        return [*model.features, *model.head]
+    if isinstance(model, ResNet50):
+        return [model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2,
+                model.layer3, model.layer4, model.avgpool, nn.Flatten(1), model.fc]
+    raise ValueError(f"{type(model).__name__} has no sequential form; use mlp, tiny_cnn or resnet50")
 
 
 def input_spec_of(model: nn.Module) -> InputSpec | None:
