@@ -65,6 +65,8 @@ class DataParallel:
         self._workers = [ThreadPoolExecutor(1, thread_name_prefix=f"labkit-dp-{d}") for d in self.devices]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 0:
+            raise ValueError("empty batch")
         sizes = split_sizes(x.shape[0], self.shares)
         chunks = torch.split(x, sizes)
         futures = [

@@ -15,6 +15,7 @@ outputs are gathered on rank 0. NCCL on GPUs, Gloo on CPUs. Many machines: add t
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         dist.barrier()
         t0 = time.perf_counter()
         local = (_data_parallel if args.mode == "data" else _pipeline)(args, rank, world, device)
+        gc.collect()  # the pipeline stage's communication objects sit in reference cycles: free them
+        # while the process group lives (freed at exit instead, they abort the process now and then)
         gathered: list[torch.Tensor | None] | None = [None] * world if rank == 0 else None
         dist.gather_object(local, gathered, dst=0)
         seconds = time.perf_counter() - t0
@@ -99,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"in {seconds:.2f} s ({outputs.shape[0] / seconds:,.0f} items/s)")
             if args.out:
                 torch.save(outputs, args.out)
+        dist.barrier()  # every rank done with its sends before any tears the group down
     finally:
         dist.destroy_process_group()
 

@@ -91,8 +91,11 @@ class ModelParallel(nn.Module):
         self.placement = {name: torch.device(d) for name, d in placement.items()}
         self.output_device = torch.device(output_device) if output_device is not None else None
         first = next(iter(self.placement.values()), None)
-        if first is not None:
-            model.to(first)  # parameters held by the model itself live with the first layers
+        if first is not None:  # tensors held by the model itself (not its children) go with the first layers
+            for name, param in model.named_parameters(recurse=False):
+                setattr(model, name, nn.Parameter(param.detach().to(first), requires_grad=param.requires_grad))
+            for name, buffer in model.named_buffers(recurse=False):
+                setattr(model, name, buffer.to(first))
         self._hooks = []
         for name, device in self.placement.items():
             child = model.get_submodule(name)
