@@ -10,9 +10,11 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from labkit.measure import GPUMonitor
+from labkit.parallel.pipeline import StageEvent, bubble_fraction
 from labkit.sweep import SweepPoint
 
 __all__ = [
@@ -24,6 +26,9 @@ __all__ = [
     "plot_throughput_bars",
     "plot_adaptive_history",
     "plot_latency_by_group",
+    "plot_pipeline_timeline",
+    "plot_pipeline_timelines",
+    "plot_scaling",
 ]
 
 
@@ -174,5 +179,99 @@ def plot_latency_by_group(groups: dict[str, dict[str, Sequence[float]]], *, titl
     axes[0][0].set_ylabel("latency (ms)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_timeline(ax: Axes, timeline: Sequence[StageEvent], stages: int, title: str) -> None:
+    """One row per stage (stage 0 on top), one bar per micro-batch, coloured by its index."""
+    cmap = plt.get_cmap("tab10")
+    span_ms = max((e.end_s for e in timeline), default=0.0) * 1e3
+    for e in timeline:
+        start, width = e.start_s * 1e3, (e.end_s - e.start_s) * 1e3
+        ax.broken_barh([(start, width)], (e.stage - 0.4, 0.8), facecolors=cmap(e.micro_batch % 10),
+                       edgecolor="white", linewidth=0.5)
+        if width > span_ms / 50:  # label the bars wide enough to hold a number
+            ax.text(start + width / 2, e.stage, str(e.micro_batch), ha="center", va="center", fontsize=7,
+                    color="white", clip_on=True)
+    ax.set_yticks(range(stages), [f"stage {i}" for i in range(stages)])
+    ax.set_ylim(stages - 0.5, -0.5)
+    ax.set_xlim(0, span_ms * 1.02 or 1.0)
+    bubble = bubble_fraction(timeline, stages)
+    ax.set_title(f"{title}: {span_ms:,.1f} ms, idle (bubble) {bubble:.0%} of stage-time", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def plot_pipeline_timeline(timeline: Sequence[StageEvent], *, stages: int, title: str) -> Figure:
+    """Gantt chart of a `PipelineParallel.timeline` (a sequence of `StageEvent`): one row per
+    stage, one bar per micro-batch (labelled and coloured by its index), x in ms. Gaps in a row
+    are that stage idling; the title gives the total span and the bubble fraction."""
+    fig, ax = plt.subplots(figsize=(10, 0.9 + 0.55 * stages))
+    _draw_timeline(ax, timeline, stages, title)
+    ax.set_xlabel("ms from the start of the call")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pipeline_timelines(timelines: dict[str, Sequence[StageEvent]], *, stages: int, title: str = "") -> Figure:
+    """Several `plot_pipeline_timeline` charts stacked on one shared ms axis, one per name,
+    so their lengths compare at a glance (e.g. the sequential baseline above the pipeline)."""
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(10, 0.5 + (0.4 + 0.55 * stages) * len(timelines)),
+                             sharex=True, squeeze=False)
+    for ax, (name, timeline) in zip(axes[:, 0], timelines.items(), strict=True):
+        _draw_timeline(ax, timeline, stages, name)
+    longest = max((e.end_s for t in timelines.values() for e in t), default=0.0) * 1e3
+    axes[-1, 0].set_xlim(0, longest * 1.02 or 1.0)
+    axes[-1, 0].set_xlabel("ms from the start of the call")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(
+    devices: Sequence[int],
+    throughput: Sequence[float],
+    *,
+    measured: bool,
+    label: str,
+    unit: str = "items / s",
+    points: dict[str, tuple[int, float, float]] | None = None,
+) -> Figure:
+    """Throughput and scaling efficiency against device count, with the ideal (linear) lines.
+
+    ``devices`` must include 1: efficiency is ``throughput(N) / (N × throughput(1))``. The title
+    and legend say "measured" or "modelled from single-device figures" according to ``measured``.
+    ``points`` adds single marked figures, each ``name -> (devices, throughput, one-device
+    throughput measured alongside it)``, e.g. one measured point beside a modelled curve; its
+    efficiency is taken against its own one-device figure.
+    """
+    if 1 not in devices:
+        raise ValueError("plot_scaling needs the throughput on 1 device (devices must include 1)")
+    how = "measured" if measured else "modelled from single-device figures"
+    n = np.asarray(devices, dtype=float)
+    tp = np.asarray(throughput, dtype=float)
+    base = float(tp[list(devices).index(1)])
+    fig, (ax_tp, ax_eff) = plt.subplots(1, 2, figsize=(11, 4))
+    style = "o-" if measured else "o--"
+    efficiency = tp / (n * base)
+    ax_tp.plot(n, tp, style, label=how)
+    ax_tp.plot(n, base * n, ":", color="grey", label="ideal: N × one device")
+    ax_eff.plot(n, efficiency, style, label=how)
+    ax_eff.axhline(1.0, linestyle=":", color="grey", label="ideal: 1.0")
+    marked = []
+    for i, (name, (k, value, one)) in enumerate((points or {}).items()):
+        ax_tp.plot([k], [value], "s", color=f"C{i + 1}", label=name)
+        marked.append(value / (k * one))
+        ax_eff.plot([k], [marked[-1]], "s", color=f"C{i + 1}", label=name)
+    ax_tp.set(xlabel="devices", ylabel=unit, title="Throughput")
+    ax_eff.set(xlabel="devices", ylabel="throughput(N) / (N × throughput(1))", title="Scaling efficiency")
+    ax_eff.set_ylim(0, max(1.15, float(np.nanmax([*efficiency, *marked])) * 1.1))
+    for ax in (ax_tp, ax_eff):
+        ax.set_xticks(n, [str(int(k)) for k in n])
+        ax.grid(True, alpha=0.3)
+    ax_tp.legend(fontsize=8, loc="upper left")
+    ax_eff.legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"{label}: {how}")
     fig.tight_layout()
     return fig

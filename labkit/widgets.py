@@ -15,7 +15,7 @@ from labkit.models import MODELS, build_model
 from labkit.plots import plot_sweep
 from labkit.sweep import batch_sweep
 
-__all__ = ["sweep_playground", "batching_playground"]
+__all__ = ["sweep_playground", "batching_playground", "pipeline_playground"]
 
 
 def sweep_playground(
@@ -98,3 +98,58 @@ def batching_playground(
 
     run.on_click(on_run)
     return w.VBox([w.HBox([batch, wait, load, run]), out])
+
+
+def pipeline_playground(
+    stages: Sequence[torch.nn.Module],
+    devices: Sequence[torch.device | str],
+    batch: torch.Tensor,
+    *,
+    label: str = "",
+):
+    """A micro-batch-size slider and a button that runs `PipelineParallel` over ``stages`` (stage
+    i on ``devices[i]``) on ``batch`` and draws its timeline, with the bubble fraction printed.
+
+    The stage count is that of ``stages``. On CPU stand-ins torch gets one thread per run, so
+    each stage thread has a core of its own (as in lesson 03).
+    """
+    import time
+
+    import ipywidgets as w
+
+    from labkit.parallel import PipelineParallel
+    from labkit.plots import plot_pipeline_timeline
+
+    n, k = batch.shape[0], len(stages)
+    options = sorted({m for m in (2**i for i in range(n.bit_length())) if m <= n} | {n})
+    micro = w.SelectionSlider(options=options, value=max(1, options[len(options) // 2]), description="micro-batch")
+    run = w.Button(description="Run pipeline", button_style="primary")
+    out = w.Output()
+    stand_ins = all(torch.device(d).type == "cpu" for d in devices)
+
+    def on_run(_: object) -> None:
+        m = micro.value
+        count = -(-n // m)
+        out.outputs = ()
+        out.append_stdout(f"running {count} micro-batch(es) of {m} through {k} stages ...\n")
+        threads = torch.get_num_threads()
+        if stand_ins:
+            torch.set_num_threads(1)
+        try:
+            pipe = PipelineParallel(stages, devices, micro_batch_size=m)
+            pipe(batch)  # warm-up: first calls at a new shape pay one-off costs
+            t0 = time.perf_counter()
+            pipe(batch)
+            ms = (time.perf_counter() - t0) * 1e3
+        finally:
+            torch.set_num_threads(threads)
+        ideal = (k - 1) / (count + k - 1)
+        fig = plot_pipeline_timeline(pipe.timeline, stages=k, title=f"{label} micro-batch {m}".strip())
+        out.outputs = ()
+        out.append_stdout(f"{count} micro-batch(es) of {m}: {ms:,.1f} ms for {n} items; bubble {pipe.bubble:.0%} "
+                          f"(with {k} equal stages it would be (S-1)/(M+S-1) = {ideal:.0%})\n")
+        out.append_display_data(fig)
+        plt.close(fig)
+
+    run.on_click(on_run)
+    return w.VBox([w.HBox([micro, run]), out])

@@ -40,7 +40,12 @@ def shard(n: int, rank: int, world: int) -> tuple[int, int]:
 def _setup() -> tuple[int, int, torch.device]:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+        local, per_node = int(os.environ.get("LOCAL_RANK", rank)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        if per_node > torch.cuda.device_count():
+            raise SystemExit(
+                f"{per_node} processes on this machine but {torch.cuda.device_count()} GPU(s): NCCL needs one GPU "
+                "per process. Start fewer processes, or run on the CPU over Gloo with CUDA_VISIBLE_DEVICES=''"
+            )
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"
     else:

@@ -68,7 +68,8 @@ class ModelParallel(nn.Module):
     """``model`` with its children spread over devices by ``placement``.
 
     ``placement`` maps child names (dotted paths allowed) to devices, or is ``"balanced"`` with
-    ``devices`` given. Children not named stay where they are. The output is on the device of the
+    ``devices`` given. The model is changed in place (its children moved, a hook added to each
+    placed child): `remove_hooks` detaches the hooks. Children not named stay where they are. The output is on the device of the
     last layer that ran, or on ``output_device`` when given.
     """
 
@@ -104,6 +105,12 @@ class ModelParallel(nn.Module):
         self.input_device = first
         if hasattr(model, "input_spec"):
             self.input_spec = model.input_spec
+
+    def remove_hooks(self) -> None:
+        """Detach the input-moving hooks from the model's children (they stay on their devices)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_device is not None:

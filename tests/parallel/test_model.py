@@ -277,3 +277,16 @@ def test_model_parallel_is_an_eval_module(models):
     assert isinstance(mp, nn.Module)
     assert not mp.model.training
     assert sum(p.numel() for p in mp.parameters()) == params(models["tiny_cnn"])
+
+
+def test_remove_hooks_leaves_the_model_plain():
+    model = build_model("mlp", "small")
+    x = example_batch(model, 3)
+    with torch.no_grad():
+        expected = model(x)
+    mp = ModelParallel(model, "balanced", devices=["cpu", "cpu"])
+    assert mp._hooks
+    mp.remove_hooks()
+    assert not mp._hooks and all(not m._forward_pre_hooks for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
