@@ -12,15 +12,11 @@ import torch
 
 from labkit.batching import AdaptiveBatcher, BatchCostModel, LoadShedError
 
+from .helpers import run, vec
+
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(coro):
-    return asyncio.run(coro)
-
-
-def vec(i: float, n: int = 4) -> torch.Tensor:
-    return torch.full((n,), float(i))
 
 
 class LinearCostModel:

@@ -18,11 +18,10 @@ from labkit.batching import (
 from labkit.batching.engine import INLINE_BELOW_MS
 from labkit.models import InputSpec, build_model, example_batch
 
+from .helpers import run, vec
+
 pytestmark = pytest.mark.timeout(60)
 
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 class Recorder:
@@ -53,9 +52,6 @@ class Recorder:
             self.spans.append((t0, time.perf_counter()))
         return out
 
-
-def vec(i: float, n: int = 4) -> torch.Tensor:
-    return torch.full((n,), float(i))
 
 
 # -- dispatch rule ------------------------------------------------------------------------------

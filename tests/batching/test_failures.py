@@ -11,15 +11,11 @@ import torch
 
 from labkit.batching import DynamicBatcher
 
+from .helpers import run, vec
+
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(coro):
-    return asyncio.run(coro)
-
-
-def vec(i: float, n: int = 4) -> torch.Tensor:
-    return torch.full((n,), float(i))
 
 
 class PickyModel:

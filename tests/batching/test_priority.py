@@ -11,11 +11,10 @@ import torch
 
 from labkit.batching import PriorityBatcher, QueueFullError
 
+from .helpers import run
+
 pytestmark = pytest.mark.timeout(60)
 
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def item(level: int, i: int) -> torch.Tensor:
