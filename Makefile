@@ -40,7 +40,7 @@ lab: setup
 # For a machine with a GPU and its own python3 + torch (the lent GPU image has no network): no
 # venv, no installs, the checkout on PYTHONPATH.
 gpu-check:
-	PYTHONPATH=$(CURDIR) python3 bench/gpu_check.py
+	PYTHONPATH=$(CURDIR) python3 bench/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -3,9 +3,10 @@
 CPU (always): requests/s and µs per request through `DynamicBatcher` with a trivial model,
 beside the bare asyncio floor (one task and one future per request, resolved at once) measured
 in the same run; CPU time an idle batcher burns, ours against the guide's polling design.
-GPU (when present): ResNet-50 fp32 224², batch 32: the batcher's closed-loop throughput against
-the model called directly on ready batches and against sequential batch 1, NVML utilisation at
-saturation, and p50/p99 under Poisson load at 70% of the batcher's capacity.
+GPU (when present): ResNet-50 fp32 224², batch 32, fed float32 images, uint8 images and uint8
+images through CUDA graphs: the batcher's closed-loop throughput against the same model called
+directly on ready batches, and against sequential batch 1; NVML utilisation at saturation;
+p50/p99 under Poisson load at 70% of the batcher's capacity; the guide's batcher for contrast.
 
 ``python bench/batching.py [--device auto] [--save]``; `make gpu-check` calls `run`.
 """
@@ -28,9 +29,10 @@ from common import cli  # noqa: E402
 
 from labkit.batching import DynamicBatcher  # noqa: E402
 from labkit.device import sync  # noqa: E402
+from labkit.graphs import GraphRunner  # noqa: E402
 from labkit.load import closed_loop, open_loop  # noqa: E402
 from labkit.measure import GPUMonitor  # noqa: E402
-from labkit.models import build_model, example_batch  # noqa: E402
+from labkit.models import ImageBytes, build_model, example_batch  # noqa: E402
 
 
 async def _waves(submit, x: torch.Tensor, total: int, wave: int) -> float:
@@ -104,64 +106,98 @@ async def idle_cpu(seconds: float = 1.0) -> dict[str, float]:
     }
 
 
-async def gpu_figures(device: torch.device, seconds: float = 4.0) -> dict[str, Any]:
-    torch.backends.cudnn.benchmark = True
-    model = build_model("resnet50", "full", device)
-    x32 = example_batch(model, 32)
-    one = example_batch(model, 1, device="cpu")[0]
-    out: dict[str, Any] = {}
-
-    with torch.inference_mode():
-        for _ in range(10):
-            model(x32)
+def _direct(fn, x: torch.Tensor, device: torch.device, seconds: float) -> dict[str, float]:
+    """``fn`` called back to back on one ready batch already on the device: the ceiling."""
+    with torch.no_grad():
+        for _ in range(5):
+            fn(x)
         sync(device)
+        launches = []
+        for _ in range(5):  # CPU time to issue one call into an empty GPU queue
+            t0 = time.perf_counter()
+            fn(x)
+            launches.append(time.perf_counter() - t0)
+            sync(device)
         n, t0 = 0, time.perf_counter()
         with GPUMonitor(device.index or 0, interval_s=0.05) as mon:
             while time.perf_counter() - t0 < seconds:
-                model(x32)
-                n += 32
+                fn(x)
+                n += len(x)
             sync(device)
-        out["direct_bs32_img_s"] = n / (time.perf_counter() - t0)
-        out["direct_bs32_util_pct"] = mon.summary()["util_mean_pct"]
+        rate = n / (time.perf_counter() - t0)
+    return {"img_s": rate, "util_pct": mon.summary()["util_mean_pct"], "launch_ms": sorted(launches)[2] * 1e3}
 
+
+async def _through_batcher(fn, one: torch.Tensor, device: torch.device, seconds: float) -> dict[str, Any]:
+    """Closed-loop throughput with 2 and 4 batches in flight, then Poisson load at 70% of the best."""
+    out: dict[str, Any] = {}
+    for inflight in (2, 4):
+        clients = 32 * (inflight + 2)  # enough waiting requests to fill every slot with full batches
+        async with DynamicBatcher(fn, max_batch_size=32, max_wait_ms=5, max_inflight=inflight,
+                                  max_queue_size=4096, device=device) as b:
+            await closed_loop(b.submit, lambda i: one, clients=clients, requests=1000)
+            with GPUMonitor(device.index or 0, interval_s=0.05) as mon:
+                r = await closed_loop(b.submit, lambda i: one, clients=clients, requests=None, duration_s=seconds)
+        out[f"inflight{inflight}"] = {"img_s": r.throughput_rps, "util_pct": mon.summary()["util_mean_pct"],
+                                      "mean_batch": b.stats.summary()["mean_batch_size"],
+                                      "batch_p50_ms": b.stats.summary()["batch_p50_ms"]}
+    best = max((2, 4), key=lambda k: out[f"inflight{k}"]["img_s"])
+    capacity = out[f"inflight{best}"]["img_s"]
+    out |= {"best_inflight": best, "img_s": capacity, "util_pct": out[f"inflight{best}"]["util_pct"]}
+    async with DynamicBatcher(fn, max_batch_size=32, max_wait_ms=5, max_inflight=best,
+                              max_queue_size=8192, device=device) as b:
+        r = await open_loop(b.submit, lambda i: one, rate_rps=0.7 * capacity, duration_s=seconds, seed=1)
+    out["poisson_70pct"] = {"offered_rps": r.offered_rps, "completed": r.completed, "failed": r.failed,
+                            "timed_out": r.timed_out, "p50_ms": r.latency.p50_ms, "p99_ms": r.latency.p99_ms,
+                            "max_ms": r.latency.max_ms}
+    return out
+
+
+async def gpu_figures(device: torch.device, seconds: float = 2.0) -> dict[str, Any]:
+    """ResNet-50 (fp32 weights, 224², batch 32) fed three ways, each batcher against its own direct
+    ceiling in the same run: float32 images, uint8 images normalised on the GPU (`ImageBytes`), and
+    uint8 images through CUDA graphs (`GraphRunner`), which takes the launch cost off the CPU."""
+    torch.backends.cudnn.benchmark = False  # the batcher's varying batch sizes would re-tune mid-run
+    resnet = build_model("resnet50", "full", device)
+    images = ImageBytes(resnet).eval()
+    variants = {
+        "fp32_eager": resnet,
+        "uint8_eager": images,
+        "uint8_graph": GraphRunner(images, batch_sizes=(1, 2, 4, 8, 16, 32)),
+    }
+    out: dict[str, Any] = {}
+    for name, fn in variants.items():
+        model = images if name.startswith("uint8") else resnet
+        x32 = example_batch(model, 32, device=device)
+        one = example_batch(model, 1, device="cpu")[0]
+        direct = _direct(fn, x32, device, seconds)
+        batched = await _through_batcher(fn, one, device, seconds)
+        out[name] = {"direct_bs32": direct, "batcher": batched, "batcher_vs_direct": batched["img_s"] / direct["img_s"]}
+
+    one = example_batch(resnet, 1, device="cpu")
+    with torch.no_grad():
+        resnet(one.to(device)).cpu()
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 2:
-            model(one[None].to(device)).cpu()
+            resnet(one.to(device)).cpu()
             n += 1
-        out["sequential_bs1_img_s"] = n / (time.perf_counter() - t0)
+    out["sequential_bs1_img_s"] = n / (time.perf_counter() - t0)
+    for name in variants:
+        out[name]["batcher_vs_sequential_bs1"] = out[name]["batcher"]["img_s"] / out["sequential_bs1_img_s"]
 
-    for inflight in (2, 3, 4):
-        async with DynamicBatcher(model, max_batch_size=32, max_wait_ms=5, max_inflight=inflight, max_queue_size=4096) as b:
-            await closed_loop(b.submit, lambda i: one, clients=32 * (inflight + 2), requests=2000)
-            with GPUMonitor(device.index or 0, interval_s=0.05) as mon:
-                r = await closed_loop(b.submit, lambda i: one, clients=32 * (inflight + 2), requests=None, duration_s=seconds)
-        out[f"batcher_inflight{inflight}_img_s"] = r.throughput_rps
-        out[f"batcher_inflight{inflight}_util_pct"] = mon.summary()["util_mean_pct"]
-    best = max((k for k in out if k.startswith("batcher_inflight") and k.endswith("img_s")), key=out.get)
-    capacity = out[best]
-    out["batcher_best"] = best
-    out["batcher_vs_direct"] = capacity / out["direct_bs32_img_s"]
-    out["batcher_vs_sequential"] = capacity / out["sequential_bs1_img_s"]
-
-    inflight = int(best.removeprefix("batcher_inflight").removesuffix("_img_s"))
-    async with DynamicBatcher(model, max_batch_size=32, max_wait_ms=5, max_inflight=inflight, max_queue_size=8192) as b:
-        r = await open_loop(b.submit, lambda i: one, rate_rps=0.7 * capacity, duration_s=seconds, seed=1)
-    out["poisson_70pct"] = {"offered_rps": r.offered_rps, "completed": r.completed, "p50_ms": r.latency.p50_ms,
-                            "p99_ms": r.latency.p99_ms, "max_ms": r.latency.max_ms, "failed": r.failed,
-                            "timed_out": r.timed_out}
-
-    guide = GuideBatcher(model, max_batch_size=32, max_wait_time=0.01, device=str(device))
+    guide = GuideBatcher(resnet, max_batch_size=32, max_wait_time=0.01, device=str(device))
     guide.start()
-    r = await closed_loop(guide.predict, lambda i: one, clients=128, requests=None, duration_s=seconds)
+    r = await closed_loop(guide.predict, lambda i: one[0], clients=128, requests=None, duration_s=seconds)
     await guide.stop()
-    out["guide_batcher_img_s"] = r.throughput_rps
+    out["guide_batcher_fp32_img_s"] = r.throughput_rps
+    out["guide_vs_direct"] = r.throughput_rps / out["fp32_eager"]["direct_bs32"]["img_s"]
     return out
 
 
 async def _run(device: torch.device) -> dict[str, Any]:
     results: dict[str, Any] = {"machinery_cpu": await machinery_overhead(), "idle_cpu": await idle_cpu()}
     if device.type == "cuda":
-        results["resnet50_fp32_gpu"] = await gpu_figures(device)
+        results["resnet50_gpu"] = await gpu_figures(device)
     return results
 
 

@@ -1,12 +1,14 @@
 """`make gpu-check`: the GPU tests and every benchmark in one run, recorded with the card's name.
 
 Runs ``pytest -m gpu``, then each module in BENCHES (its ``run(device) -> dict``), writes
-``bench/results/<date>-<card>.json`` and prints a short table. Needs only python3 with torch,
+``bench/results/<date>-<card>.json`` after each part (merged into that day's file for the card, so
+a run cut short keeps what it measured, and ``--only`` adds to it) and prints a short table. Needs only python3 with torch,
 numpy, psutil and pytest (what the lent GPU image has): no venv, no installs.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import subprocess
 import sys
@@ -39,9 +41,9 @@ def run_gpu_tests() -> dict:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=240,
+            cwd=ROOT, capture_output=True, text=True, timeout=150,
         )
-        print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
+        print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n", flush=True)
         if not xml.exists():
             return {"exit_code": proc.returncode, "error": "pytest wrote no report"}
         suite = ET.parse(xml).getroot()
@@ -59,25 +61,33 @@ def run_gpu_tests() -> dict:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES, help="benchmarks to run")
+    parser.add_argument("--no-tests", action="store_true", help="skip pytest -m gpu")
+    args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu-check needs a CUDA device, and torch sees none here. On a CPU machine run `make test`.")
         return 2
     device = pick_device("cuda")
-    print(f"gpu-check on {describe(device)}, torch {torch.__version__}")
-    results: dict = {"gpu_tests": run_gpu_tests()}
-    for name in BENCHES:
+    print(f"gpu-check on {describe(device)}, torch {torch.__version__}", flush=True)
+    results: dict = {}
+    if not args.no_tests:
+        results["gpu_tests"] = run_gpu_tests()
+        path = save_results(results, device, source="make gpu-check", merge=True)
+    for name in args.only:
         t0 = time.perf_counter()
         try:
             results[name] = importlib.import_module(name).run(device)
         except Exception:
             results[name] = {"error": traceback.format_exc()}
+            print(results[name]["error"])
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"{name}: done in {results[name]['seconds']} s")
-    path = save_results(results, device, source="make gpu-check")
+        path = save_results({name: results[name]}, device, source="make gpu-check", merge=True)
+        print(f"{name}: done in {results[name]['seconds']} s", flush=True)
     print(f"\nwrote {path.relative_to(ROOT)}\n")
     print_table(results)
-    ok = results["gpu_tests"].get("exit_code") == 0 and not any("error" in v for v in results.values())
-    return 0 if ok else 1
+    tests_ok = args.no_tests or results["gpu_tests"].get("exit_code") == 0
+    return 0 if tests_ok and not any("error" in v for v in results.values()) else 1
 
 
 if __name__ == "__main__":

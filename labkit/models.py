@@ -30,6 +30,7 @@ __all__ = [
     "example_batch",
     "input_spec_of",
     "sequential_layers",
+    "ImageBytes",
 ]
 
 
@@ -148,6 +149,32 @@ class TinyTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.encoder(self.embed(tokens) + self.pos)
         return self.head(h.mean(dim=1))
+
+
+class ImageBytes(nn.Module):
+    """Takes images as uint8 (what a decoded JPEG is) and normalises them on the model's device.
+
+    A served image model should be fed bytes: a 224² float32 image is 602 KB, its uint8 form
+    150 KB, so collating and copying a batch moves a quarter of the data, and the conversion is
+    one fused multiply-add on the GPU instead of work on the CPU.
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+                 std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> None:
+        super().__init__()
+        spec = input_spec_of(model)
+        if spec is None or len(spec.shape) != 3 or spec.shape[0] != len(mean):
+            raise ValueError(f"ImageBytes wraps a model of ({len(mean)}, H, W) image inputs; "
+                             f"{type(model).__name__} takes {spec.shape if spec else 'no input_spec'}")
+        self.model = model
+        self.input_spec = InputSpec(spec.shape, torch.uint8, high=256)
+        std_t = torch.tensor(std).view(-1, 1, 1)
+        self.register_buffer("scale", 1 / (255 * std_t))
+        self.register_buffer("shift", -torch.tensor(mean).view(-1, 1, 1) / std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.scale.dtype)
+        return self.model(torch.addcmul(self.shift, x, self.scale))
 
 
 def mlp(size: str = "small") -> MLP:

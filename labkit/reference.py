@@ -84,8 +84,12 @@ def card_name(device: str | torch.device) -> str:
 
 
 def save_results(results: dict[str, Any], device: str | torch.device, *, source: str, suffix: str = "",
-                 directory: Path | None = None) -> Path:
-    """Write ``results`` as ``<date>-<card>[-suffix].json`` with the card, date and versions beside them."""
+                 directory: Path | None = None, merge: bool = False) -> Path:
+    """Write ``results`` as ``<date>-<card>[-suffix].json`` with the card, date and versions beside them.
+
+    ``merge``: keep the sections of an existing file that ``results`` does not replace, so runs
+    of different parts on the same card and day add up to one record.
+    """
     device = torch.device(device)
     card = card_name(device)
     date = datetime.date.today().isoformat()
@@ -93,6 +97,8 @@ def save_results(results: dict[str, Any], device: str | torch.device, *, source:
     directory = directory or results_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{date}-{slug}{'-' + suffix if suffix else ''}.json"
+    if merge and path.exists():
+        results = json.loads(path.read_text())["results"] | results
     payload = {
         "card": card,
         "device_type": device.type,

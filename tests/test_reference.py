@@ -89,6 +89,14 @@ def test_save_results_round_trips_as_a_cpu_run(tmp_path):
     assert path.name.startswith(data["date"])
 
 
+def test_save_results_merges_sections_into_the_days_file_when_asked(tmp_path):
+    save_results({"a": 1, "b": 2}, "cpu", source="test", directory=tmp_path)
+    path = save_results({"b": 3, "c": 4}, "cpu", source="test", directory=tmp_path, merge=True)
+    assert json.loads(path.read_text())["results"] == {"a": 1, "b": 3, "c": 4}
+    save_results({"d": 5}, "cpu", source="test", directory=tmp_path)
+    assert json.loads(path.read_text())["results"] == {"d": 5}
+
+
 def test_repository_has_recorded_gpu_runs():
     assert results_dir().is_dir()
     runs = recorded_runs()

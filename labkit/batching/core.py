@@ -57,8 +57,9 @@ class Batcher:
             self.device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
             fn_or_model = fn_or_model.to(self.device).eval()
             input_spec = input_spec or input_spec_of(fn_or_model)
-        else:
-            self.device = torch.device(device or "cpu")
+        else:  # a callable such as GraphRunner may say where it runs and what it takes
+            self.device = torch.device(device or getattr(fn_or_model, "device", None) or "cpu")
+            input_spec = input_spec or getattr(fn_or_model, "input_spec", None)
         self.fn = fn_or_model
         self.input_spec = input_spec
         self.results_on_device = results_on_device
