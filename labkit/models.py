@@ -168,9 +168,10 @@ class ImageBytes(nn.Module):
                              f"{type(model).__name__} takes {spec.shape if spec else 'no input_spec'}")
         self.model = model
         self.input_spec = InputSpec(spec.shape, torch.uint8, high=256)
+        param = next(model.parameters())
         std_t = torch.tensor(std).view(-1, 1, 1)
-        self.register_buffer("scale", 1 / (255 * std_t))
-        self.register_buffer("shift", -torch.tensor(mean).view(-1, 1, 1) / std_t)
+        self.register_buffer("scale", (1 / (255 * std_t)).to(param.device, param.dtype))
+        self.register_buffer("shift", (-torch.tensor(mean).view(-1, 1, 1) / std_t).to(param.device, param.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.scale.dtype)

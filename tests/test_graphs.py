@@ -75,3 +75,10 @@ def test_the_batcher_takes_device_and_input_spec_from_a_graph_runner(cnn):
         with pytest.raises(ValueError, match="expected"):
             batcher.submit_sync(torch.zeros(3, 8, 8))
         assert batcher.submit_sync(torch.zeros(3, 32, 32)).shape == (10,)
+
+
+def test_image_bytes_follows_the_model_to_its_device_and_precision():
+    model = build_model("tiny_cnn", "small").to(torch.float64)
+    wrapped = ImageBytes(model)
+    assert wrapped.scale.dtype == torch.float64 and wrapped.shift.device == torch.device("cpu")
+    assert wrapped(example_batch(wrapped, 2)).dtype == torch.float64

@@ -15,6 +15,16 @@ from labkit.models import ImageBytes, build_model, example_batch
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(180)]
 
 
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """No TF32: cuDNN picks its algorithm per batch size, and in TF32 two algorithms differ by
+    more than any useful tolerance, so a padded batch would not match the eager one."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.fixture(scope="module")
 def resnet():
     return build_model("resnet50", "small", device="cuda")
@@ -22,7 +32,12 @@ def resnet():
 
 @pytest.fixture(scope="module")
 def runner(resnet):
-    return GraphRunner(resnet, batch_sizes=(1, 2, 4, 8))
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # captured kernels keep the precision they were captured with
+    try:
+        return GraphRunner(resnet, batch_sizes=(1, 2, 4, 8))
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def _eager(model, x):
