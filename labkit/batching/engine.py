@@ -24,8 +24,9 @@ Outcome = Any  # a per-request output, or the exception that request earned
 
 
 class _Slot:
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, capacity: int) -> None:
         self.device = device
+        self.capacity = capacity
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.host: torch.Tensor | None = None
 
@@ -35,7 +36,9 @@ class _Slot:
             return torch.stack(xs)  # a fresh tensor: outputs may alias inputs (an identity model)
         n, shape, dtype = len(xs), xs[0].shape, xs[0].dtype
         if self.host is None or self.host.shape[1:] != shape or self.host.dtype != dtype or self.host.shape[0] < n:
-            self.host = torch.empty((n, *shape), dtype=dtype, pin_memory=True)
+            # Sized for a full batch at once: pinning is slow, and growing batch by batch would
+            # pay it again for each new size while the first requests wait.
+            self.host = torch.empty((max(n, self.capacity), *shape), dtype=dtype, pin_memory=True)
         torch.stack(xs, out=self.host[:n])
         # The copy is queued on this slot's stream, so it overlaps another slot's compute. The
         # host buffer is reused only after this slot's stream is synchronised (end of `run`).
@@ -52,11 +55,13 @@ class BatchRunner:
         slots: int,
         *,
         results_on_device: bool = False,
+        capacity: int = 1,
     ) -> None:
+        """``capacity``: the batch size host buffers are first made for (they grow if needed)."""
         self.fn = fn
         self.device = device
         self.results_on_device = results_on_device
-        self.slots = [_Slot(device) for _ in range(slots)]
+        self.slots = [_Slot(device, capacity) for _ in range(slots)]
         self._recent_ms: deque[float] = deque(maxlen=8)
 
     @property

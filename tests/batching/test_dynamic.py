@@ -624,6 +624,29 @@ def test_one_inflight_batch_never_overlaps_and_the_next_waits_for_it():
     assert min(_second_batch_wait_ms(max_inflight=1)) >= 45
 
 
+def test_partial_batches_wait_to_fill_behind_two_in_flight_but_full_ones_use_every_slot():
+    # Slots beyond FEED_DEPTH (2) take only full batches: a partial batch would just queue on a
+    # busy device, so it keeps filling until a batch finishes.
+    model = Recorder(sleep_s=0.15)
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1, max_inflight=4) as b:
+            first = []
+            for i in (1, 2):  # each dispatched alone: fewer than two batches in flight then
+                first.append(asyncio.create_task(b.submit(vec(i))))
+                await asyncio.sleep(0.01)
+            held = [asyncio.create_task(b.submit(vec(i))) for i in (3, 4)]
+            await asyncio.sleep(0.03)  # long past max_wait_ms, yet they wait behind two batches
+            assert b.stats.batches == 0 and len(b._queue) == 2
+            full = [asyncio.create_task(b.submit(vec(i))) for i in (5, 6, 7, 8)]  # 2 held + these
+            await asyncio.gather(*first, *held, *full)
+            return dict(b.stats.batch_sizes)
+
+    sizes = run(main())
+    assert sizes == {1: 2, 4: 1, 2: 1}, sizes
+    assert sorted(model.sizes) == [1, 1, 2, 4]
+
+
 # -- stats --------------------------------------------------------------------------------------
 
 
