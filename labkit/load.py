@@ -164,13 +164,15 @@ async def open_loop(
         arrivals = arrivals[:max_requests]
     tally = _Tally()
     t0 = time.perf_counter()
-    tasks = []
-    for i, at in enumerate(arrivals):
+    pending: set[asyncio.Future] = set()  # only unfinished ones: thousands of done tasks kept
+    for i, at in enumerate(arrivals):     # alive would make each garbage collection slower
         t_sched = t0 + float(at)
         delay = t_sched - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(tally.one(submit, make_input(i), t_sched, request_timeout_s)))
-    if tasks:
-        await asyncio.gather(*tasks)
+        task = asyncio.ensure_future(tally.one(submit, make_input(i), t_sched, request_timeout_s))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.gather(*pending)
     return tally.result("open", t0, offered_rps=rate_rps)
