@@ -152,7 +152,7 @@ async def _through_batcher(fn, one: torch.Tensor, device: torch.device, seconds:
         "dynamic_inflight4": lambda: DynamicBatcher(fn, max_wait_ms=5, max_inflight=4, **common),
         "adaptive_p99_50ms": lambda: AdaptiveBatcher(fn, target_p99_ms=50, max_wait_ms=20, max_inflight=4, **common),
     }
-    load = dict(rate_rps=0.7 * capacity, seed=1)
+    load = dict(rate_rps=0.7 * capacity, seed=1, request_timeout_s=5.0)
     for name, make in servers.items():
         async with make() as b:
             await open_loop(b.submit, lambda i: one, duration_s=1.0, **load)  # steady state first

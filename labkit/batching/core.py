@@ -36,6 +36,17 @@ __all__ = ["Batcher", "FEED_DEPTH"]
 FEED_DEPTH = 2
 
 
+def _can_exceed(spec: InputSpec) -> bool:
+    """Can an input of this dtype hold a value outside ``[0, spec.high)``? Not so for uint8 images
+    with high=256; checking them anyway cost a min and a max over 150 KB per request, on the
+    event loop (measured on an H200 box: uint8 ResNet-50 through the batcher fell to 79% of
+    direct while float32 reached 98%)."""
+    if spec.high is None or spec.dtype.is_floating_point or spec.dtype == torch.bool:
+        return False
+    info = torch.iinfo(spec.dtype)
+    return info.min < 0 or info.max >= spec.high
+
+
 class Batcher:
     """Shared machinery of `DynamicBatcher`, `AdaptiveBatcher` and `PriorityBatcher`.
 
@@ -114,7 +125,7 @@ class Batcher:
         self._input_spec = spec
         self._shape = torch.Size(spec.shape) if spec is not None else None
         self._dtype = spec.dtype if spec is not None else None
-        self._high = spec.high if spec is not None and not spec.dtype.is_floating_point else None
+        self._high = spec.high if spec is not None and _can_exceed(spec) else None
 
     # -- subclass hooks ------------------------------------------------------------------------
 

@@ -220,3 +220,22 @@ def test_raised_bounds_take_effect_again():
         return low, high, small, large
 
     assert run(main()) == (0.002, 0.01, 8, 64)
+
+
+def test_sustained_overload_of_a_fixed_cost_model_raises_the_cap_instead_of_collapsing():
+    # 20 ms a batch whatever its size: meeting target_p99_ms=25 would need batches of one, which
+    # serve 50 requests/s against 150 arriving. A backlog that never empties raises the floor.
+    from labkit.load import open_loop
+
+    model = LinearCostModel(20.0, 0.1)
+
+    async def main():
+        async with AdaptiveBatcher(model, target_p99_ms=25, max_batch_size=32, max_wait_ms=5,
+                                   max_queue_size=10_000) as b:
+            r = await open_loop(b.submit, lambda i: vec(i), rate_rps=150, duration_s=3.0, seed=2)
+            return r
+
+    r = run(main())
+    assert r.failed == 0 and r.timed_out == 0 and r.completed == r.sent
+    assert max(model.sizes) >= 4  # at least 4 a batch are needed to keep up (150/s * 20 ms = 3)
+    assert r.latency.p50_ms < 500, r.latency  # batches of one would leave a 2 s backlog by the end

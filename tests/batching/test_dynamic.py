@@ -784,3 +784,19 @@ def test_token_ids_out_of_range_are_refused_at_submit():
 
     y, invalid = run(main())
     assert invalid == 2 and y.shape == (10,)
+
+
+@pytest.mark.parametrize("high, refused", [(100, True), (256, False)])
+def test_uint8_inputs_are_range_checked_only_when_a_byte_can_exceed_the_bound(high, refused):
+    spec = InputSpec((3,), torch.uint8, high=high)
+    x = torch.tensor([0, 7, 255], dtype=torch.uint8)
+
+    async def main():
+        async with DynamicBatcher(lambda b: b.float(), max_batch_size=4, max_wait_ms=1, input_spec=spec) as b:
+            return await b.submit(x)
+
+    if refused:
+        with pytest.raises(ValueError, match=r"\[0, 100\)"):
+            run(main())
+    else:
+        assert run(main()).tolist() == [0.0, 7.0, 255.0]
