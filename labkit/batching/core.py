@@ -54,6 +54,10 @@ class Batcher:
     from ``input_spec=``, else the model's ``input_spec`` (labkit models have one), else the
     first request. Other shapes are refused at `submit` with a `ValueError`, not bucketed: one
     batcher serves one signature, so run one batcher per input shape.
+
+    Serving advice the benchmarks taught: call ``gc.freeze()`` once models are loaded (a full
+    collection over torch's objects pauses the loop for ~100 ms, which becomes the p99), and
+    put a launch-bound model behind `labkit.graphs.GraphRunner`.
     """
 
     def __init__(
