@@ -18,32 +18,25 @@ from labkit.batching import (
 from labkit.batching.engine import INLINE_BELOW_MS
 from labkit.models import InputSpec, build_model, example_batch
 
-from .helpers import run, vec
+from .helpers import GatedModel, occupy, run, vec
 
 pytestmark = pytest.mark.timeout(60)
 
 
 
-class Recorder:
+class Recorder(GatedModel):
     """A model that doubles its input and records, per call, the batch it saw (thread-safe)."""
 
     def __init__(self, fn=None, sleep_s: float = 0.0, gate: threading.Event | None = None):
-        self.lock = threading.Lock()
+        super().__init__(gate, sleep_s)
         self.sizes: list[int] = []
         self.seen: list[float] = []  # first element of every row it computed
         self.spans: list[tuple[float, float]] = []
-        self.entered = threading.Event()
         self.fn = fn or (lambda x: x * 2)
-        self.sleep_s = sleep_s
-        self.gate = gate
 
     def __call__(self, x: torch.Tensor):
         t0 = time.perf_counter()
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(30), "test never released the model"
-        if self.sleep_s:
-            time.sleep(self.sleep_s)
+        self.enter()
         with self.lock:
             self.sizes.append(x.shape[0])
             self.seen.extend(x[:, 0].tolist())
@@ -284,8 +277,7 @@ def test_queue_full_is_immediate_and_accepted_requests_complete():
         b = DynamicBatcher(model, max_batch_size=1, max_wait_ms=0, max_inflight=1, max_queue_size=capacity)
         await b.start()
         try:
-            blocker = asyncio.create_task(b.submit(vec(100)))
-            assert await asyncio.to_thread(model.entered.wait, 5)  # dispatched: out of the queue
+            blocker = await occupy(b.submit(vec(100)), model)  # dispatched: out of the queue
             queued = [asyncio.create_task(b.submit(vec(i))) for i in range(capacity)]
             await asyncio.sleep(0.01)
             t0 = time.perf_counter()
@@ -317,8 +309,7 @@ def test_timeout_while_queued_fires_at_the_deadline_and_is_never_computed():
         b = DynamicBatcher(model, max_batch_size=4, max_wait_ms=0, max_inflight=1)
         await b.start()
         try:
-            blocker = asyncio.create_task(b.submit(vec(100)))
-            assert await asyncio.to_thread(model.entered.wait, 5)
+            blocker = await occupy(b.submit(vec(100)), model)
             t0 = time.perf_counter()
             with pytest.raises(TimeoutError):
                 await b.submit(vec(7), timeout_ms=100)
@@ -347,8 +338,7 @@ def test_cancelled_while_queued_is_never_computed():
         b = DynamicBatcher(model, max_batch_size=4, max_wait_ms=0, max_inflight=1)
         await b.start()
         try:
-            blocker = asyncio.create_task(b.submit(vec(100)))
-            assert await asyncio.to_thread(model.entered.wait, 5)
+            blocker = await occupy(b.submit(vec(100)), model)
             victim = asyncio.create_task(b.submit(vec(7)))
             await asyncio.sleep(0.02)
             victim.cancel()
@@ -664,8 +654,7 @@ def test_summary_counts_add_up():
         b = DynamicBatcher(model, max_batch_size=4, max_wait_ms=1, max_inflight=1, max_queue_size=6)
         await b.start()
         try:
-            blocker = asyncio.create_task(b.submit(vec(100)))
-            assert await asyncio.to_thread(model.entered.wait, 5)
+            blocker = await occupy(b.submit(vec(100)), model)
             good = [asyncio.create_task(b.submit(vec(i))) for i in (1, 2)]
             bad = [asyncio.create_task(b.submit(vec(-i))) for i in (1, 2)]
             late = asyncio.create_task(b.submit(vec(3), timeout_ms=30))

@@ -11,7 +11,7 @@ import torch
 
 from labkit.batching import PriorityBatcher, QueueFullError
 
-from .helpers import run
+from .helpers import GatedModel, occupy, run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,22 +22,15 @@ def item(level: int, i: int) -> torch.Tensor:
     return torch.tensor([float(level), float(i)])
 
 
-class BatchLog:
+class BatchLog(GatedModel):
     """Returns its input unchanged; records every batch as a list of (level, index) rows."""
 
     def __init__(self, gate: threading.Event | None = None, sleep_s: float = 0.0):
-        self.lock = threading.Lock()
+        super().__init__(gate, sleep_s)
         self.batches: list[list[tuple[int, int]]] = []
-        self.entered = threading.Event()
-        self.gate = gate
-        self.sleep_s = sleep_s
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(30), "test never released the model"
-        if self.sleep_s:
-            time.sleep(self.sleep_s)
+        self.enter()
         with self.lock:
             self.batches.append([(int(a), int(b)) for a, b in x.tolist()])
         return x.clone()
@@ -49,9 +42,7 @@ class BatchLog:
 
 async def _blocked(b: PriorityBatcher, model: BatchLog, level: int = 0) -> asyncio.Task:
     """Occupy the only in-flight slot with one request; the model waits for ``model.gate``."""
-    blocker = asyncio.create_task(b.submit(item(level, 999), priority=level))
-    assert await asyncio.to_thread(model.entered.wait, 5)
-    return blocker
+    return await occupy(b.submit(item(level, 999), priority=level), model)
 
 
 def test_strict_serves_level_0_then_1_then_2_in_each_batch():
