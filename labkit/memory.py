@@ -123,15 +123,14 @@ def _cuda_trial(model: nn.Module, example: torch.Tensor, device: torch.device, b
     def trial(n: int) -> Trial:
         t0 = time.perf_counter()
         torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_peak_memory_stats(device)  # the peak counts weights too, as budget_bytes does
         x = out = None
         try:
             x = example.to(device).expand(n, *example.shape).contiguous()
             with torch.no_grad():
                 out = model(x)
             torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device) - base
+            peak = torch.cuda.max_memory_allocated(device)
             fits = budget is None or peak <= budget
         except torch.cuda.OutOfMemoryError:
             peak, fits = None, False
@@ -199,14 +198,11 @@ def find_max_batch(
         result.batch = 1
         return result
     p1, p2 = tried[1].peak_bytes, tried[2].peak_bytes
-    per_item = p2 - p1 if p1 is not None and p2 is not None else 0
-    if budget_bytes is None and device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = free + torch.cuda.memory_allocated(device)  # what this process could hold at most
-        start = p1 - per_item  # fixed part of a trial's peak
-    else:
-        budget, start = budget_bytes, p1 - per_item
-    guess = limit if per_item <= 0 else max(2, min(limit, math.floor((budget - start) / per_item)))
+    per_item, fixed = p2 - p1, 2 * p1 - p2  # peak(n) = fixed + per_item * n
+    budget = budget_bytes
+    if budget is None:  # CUDA: what this process could hold at most
+        budget = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
+    guess = limit if per_item <= 0 else max(2, min(limit, math.floor((budget - fixed) / per_item)))
 
     if fits(guess):
         if guess >= limit or not fits(guess + 1):  # the usual end: four trials in all

@@ -102,7 +102,7 @@ class AdaptiveBatcher(DynamicBatcher):
         self.headroom = headroom
         self.aimd_step = aimd_step
         self.cost = BatchCostModel(window)
-        self.floor = 1  # raised while a backlog persists: see `_on_batch_done`
+        self.floor = 1  # raised while a backlog persists: see `_keep_up`
         self._backlogged = 0  # batches since the queue was last empty
         self.history: list[dict[str, float]] = []
         super().__init__(fn_or_model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, **kwargs)

@@ -3,6 +3,8 @@
 `Batcher` owns the event-loop side: it validates and queues requests, decides when a batch
 leaves (full, or its oldest request has waited ``max_wait_ms``), keeps up to ``max_inflight``
 batches running in worker threads (`BatchRunner`), and gives every request exactly one outcome.
+The scheduler sleeps on an event when there is nothing to do: an idle batcher uses no CPU.
+Subclasses choose the queue (`FifoQueue`, `PriorityQueues`) and may steer each batch's size.
 
 Slots beyond `FEED_DEPTH` are for full batches only. Two batches in flight (one computing, the
 next staged) keep a device busy; a partial batch sent behind them would only wait in the
@@ -10,8 +12,6 @@ device's queue, at nearly the cost of a full one (launch overhead, padding to a 
 so it keeps filling until a batch finishes. Measured on an H200 (ResNet-50, CUDA graphs, 4 in
 flight, Poisson load at 70% of capacity): without this rule batches of ~21 each cost a full
 batch's time, the device saturated and p99 reached 154 ms.
-The scheduler sleeps on an event when there is nothing to do: an idle batcher uses no CPU.
-Subclasses choose the queue (`FifoQueue`, `PriorityQueues`) and may steer each batch's size.
 """
 
 from __future__ import annotations
