@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -66,3 +68,161 @@ def test_cpu_needs_a_budget():
     model = build_model("mlp", "small")
     with pytest.raises(ValueError, match="budget_bytes"):
         find_max_batch(model, torch.zeros(256))
+
+
+# -- the search itself, on synthetic memory curves ----------------------------------------------
+
+
+def _synthetic(peak_of, budget: int, oom_above: int | None = None):
+    """A trial on a made-up memory curve; past ``oom_above`` it runs out of memory (no peak)."""
+    from labkit.memory import Trial
+
+    def trial(n: int) -> Trial:
+        if oom_above is not None and n > oom_above:
+            return Trial(n, False, None, 0.0)
+        peak = peak_of(n)
+        return Trial(n, peak <= budget, peak, 0.0)
+
+    return trial
+
+
+def _truth(peak_of, budget, oom_above=None, limit=1 << 16):
+    n = 0
+    while n < limit and peak_of(n + 1) <= budget and (oom_above is None or n + 1 <= oom_above):
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("budget", [10_000, 123_457, 5_000_000])
+def test_search_on_a_linear_curve_takes_five_trials_and_proves_its_answer(budget):
+    from labkit.memory import search_max_batch
+
+    def curve(n):
+        return 3_000 + 977 * n
+
+    result = search_max_batch(_synthetic(curve, budget), budget)
+    assert result.batch == _truth(curve, budget)
+    assert len(result.trials) <= 5
+    assert [t.fits for t in result.trials if t.batch == result.batch + 1] == [False]
+
+
+@pytest.mark.parametrize("budget", [50_000, 400_000, 3_000_000])
+def test_search_on_curves_with_rounding_and_a_superlinear_term_is_exact(budget):
+    from labkit.memory import search_max_batch
+
+    def curve(n):  # allocator-like: blocks rounded up to 2 KB, and a quadratic workspace
+        return 20_000 + 2048 * math.ceil(700 * n / 2048) + n * n // 8
+
+    result = search_max_batch(_synthetic(curve, budget), budget)
+    assert result.batch == _truth(curve, budget)
+    assert len(result.trials) <= 12, [t.batch for t in result.trials]  # binary search from 2**16: 16
+
+
+def test_search_when_the_device_runs_out_before_the_budget_is_exact():
+    from labkit.memory import search_max_batch
+
+    def curve(n):
+        return 1_000 + 100 * n
+
+    result = search_max_batch(_synthetic(curve, 1_000_000, oom_above=4321), 1_000_000)
+    assert result.batch == 4321
+    assert any(t.peak_bytes is None and not t.fits for t in result.trials)
+    assert len(result.trials) <= 16  # no peak past the failure: bisection, about log2(5000) + 3
+
+
+def test_search_respects_the_limit_and_a_first_probe_that_fails():
+    from labkit.memory import search_max_batch
+
+    assert search_max_batch(_synthetic(lambda n: n, 10**9), 10**9, limit=100).batch == 100
+    failed = search_max_batch(_synthetic(lambda n: 10 + n, 5), 5)
+    assert failed.batch == 0 and len(failed.trials) == 1
+
+
+def test_out_of_memory_is_a_trial_that_did_not_fit_and_the_model_still_runs():
+    # An allocation failure injected past batch 30, below what the budget would allow.
+    model = build_model("mlp", "small")
+    example = example_batch(model, 1)[0]
+
+    class FailsAbove30(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            if len(x) > 30:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+            return self.inner(x)
+
+    wrapped = FailsAbove30()
+    result = find_max_batch(wrapped, example, budget_bytes=10**9)
+    assert result.batch == 30
+    failed = [t for t in result.trials if not t.fits]
+    assert failed and all(t.peak_bytes is None and t.batch > 30 for t in failed)
+    assert wrapped(example_batch(model, 30)).shape == (30, 10)
+
+
+def test_other_errors_are_not_mistaken_for_running_out_of_memory():
+    model = build_model("mlp", "small")
+
+    def broken(x):
+        raise RuntimeError("shape mismatch")
+
+    broken_model = torch.nn.Module()
+    broken_model.forward = broken
+    broken_model.lin = model
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        find_max_batch(broken_model, example_batch(model, 1)[0], budget_bytes=10**9)
+
+
+# -- checkpointing -----------------------------------------------------------------------------
+
+
+def test_checkpointing_cuts_what_training_keeps_and_saves_nothing_at_inference():
+    from labkit.memory import checkpointed, saved_for_backward_bytes
+
+    model = build_model("resnet50", "small")
+    x = example_batch(model, 2)
+    ckpt = checkpointed(model, segments=4)
+    plain_train = saved_for_backward_bytes(model, x)
+    ckpt_train = saved_for_backward_bytes(ckpt, x)
+    assert ckpt_train < plain_train / 3  # only the segment boundaries are kept
+    assert saved_for_backward_bytes(model, x, grad=False) == 0
+    assert saved_for_backward_bytes(ckpt, x, grad=False) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt(x), model(x))
+
+
+def test_checkpointed_gradients_equal_the_plain_models():
+    from labkit.memory import checkpointed
+
+    model = build_model("tiny_cnn", "small").train()
+    x = example_batch(model, 3)
+    model(x).square().sum().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    checkpointed(model, segments=2)(x).square().sum().backward()
+    for a, b in zip(plain, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_checkpointed_refuses_more_segments_than_layers():
+    from labkit.memory import checkpointed
+
+    with pytest.raises(ValueError, match="segments must be between 1 and"):
+        checkpointed(build_model("mlp", "small"), segments=100)
+
+
+def test_half_precision_about_doubles_the_batch_and_the_layout_moves_no_bytes():
+    from labkit.memory import compare_precisions, weight_bytes
+
+    model = build_model("tiny_cnn", "small")
+    rows = compare_precisions(model, weight_bytes(model) + 3_000_000,
+                              dtypes=(torch.float32, torch.float16), channels_last=(False, True))
+    by = {(r.dtype, r.channels_last): r for r in rows}
+    assert set(by) == {("float32", False), ("float32", True), ("float16", False), ("float16", True)}
+    fp32, fp16 = by["float32", False], by["float16", False]
+    assert 1.9 <= fp16.max_batch / fp32.max_batch <= 2.2  # about 2x: not the guide's "2-3x"
+    assert fp16.weight_bytes < 0.55 * fp32.weight_bytes
+    assert by["float32", True].max_batch == fp32.max_batch
+    assert all(r.trials <= 5 for r in rows)
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
