@@ -1,4 +1,4 @@
-"""The guide's batcher (seed-guide.md, section 2.1), kept only as the "before" of a measurement.
+"""The guide's batcher (section 2.1) and max-batch search (4.1), kept only as the "before" of a measurement.
 
 Its defects are deliberate here and measured in bench/batching.py and notebook 01: it polls every millisecond, waits the
 whole window even when requests are queued, runs one batch at a time, stacks in pageable memory,
@@ -59,3 +59,28 @@ class GuideBatcher:
     async def stop(self) -> None:
         self.running = False
         await self.task
+
+
+def guide_optimize_batch_size(model, input_shape, device: str = "cuda", start_size: int = 128) -> tuple[int, int]:
+    """The guide's GPUMemoryManager.optimize_batch_size (seed-guide.md 4.1): a binary search over
+    1..start_size, one forward pass per step, out of memory caught by message. Returns the batch
+    it settles on and how many forward passes it ran. It cannot look past ``start_size``."""
+    max_batch, min_batch, optimal_batch, trials = start_size, 1, 1, 0
+    while min_batch <= max_batch:
+        batch_size = (min_batch + max_batch) // 2
+        trials += 1
+        try:
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
+            dummy_input = torch.randn(batch_size, *input_shape).to(device)
+            with torch.no_grad():
+                _ = model(dummy_input)
+            optimal_batch = batch_size
+            min_batch = batch_size + 1
+        except RuntimeError as e:
+            if "out of memory" in str(e):
+                max_batch = batch_size - 1
+                torch.cuda.empty_cache()
+            else:
+                raise e
+    return optimal_batch, trials

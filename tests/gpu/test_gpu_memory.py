@@ -1,0 +1,72 @@
+"""labkit.memory on a real CUDA device: real out-of-memory, a capped fraction, checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labkit.memory import checkpointed, find_max_batch, memory_stats
+from labkit.models import build_model, example_batch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.timeout(180)]
+
+CAP = 2 * 2**30
+
+
+@pytest.fixture
+def capped():
+    """The process may reserve at most CAP bytes on the device while the test runs."""
+    total = torch.cuda.mem_get_info()[1]
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(CAP / total)
+    yield CAP
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    torch.cuda.empty_cache()
+
+
+def test_memory_stats_on_cuda_are_consistent():
+    x = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+    s = memory_stats("cuda")
+    assert s.device.startswith("cuda")
+    assert x.numel() <= s.allocated_bytes <= s.reserved_bytes
+    assert s.allocated_bytes <= s.peak_bytes
+    assert 0 < s.free_bytes < s.total_bytes
+
+
+def test_max_batch_under_a_cap_fits_the_next_one_does_not_and_the_allocator_recovers(capped):
+    model = build_model("resnet50", "small", device="cuda")
+    example = example_batch(model, 1)[0]
+    before = torch.cuda.memory_allocated()
+    result = find_max_batch(model, example, budget_bytes=capped)
+    assert result.batch > 2 and not result.simulated
+    assert len(result.trials) <= 8, [(t.batch, t.fits) for t in result.trials]
+    assert torch.cuda.memory_allocated() == before  # nothing left behind by failed trials
+    with torch.no_grad():  # the answer runs, and the allocator is not poisoned
+        model(example.expand(result.batch, *example.shape).contiguous())
+    next_one = [t for t in result.trials if t.batch == result.batch + 1]
+    assert next_one and not next_one[0].fits
+
+
+def test_a_real_out_of_memory_is_a_failed_trial_not_a_crash(capped):
+    model = build_model("resnet50", "small", device="cuda")
+    example = example_batch(model, 1)[0]
+    result = find_max_batch(model, example, budget_bytes=100 * capped, limit=1 << 15)  # the cap bites first
+    assert any(t.peak_bytes is None and not t.fits for t in result.trials)
+    with torch.no_grad():
+        assert model(example_batch(model, 4)).shape == (4, 1000)
+
+
+def test_checkpointing_lowers_the_training_peak_on_cuda():
+    model = build_model("resnet50", "small", device="cuda")
+    x = example_batch(model, 32)
+
+    def train_peak(m) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        m(x).square().mean().backward()
+        torch.cuda.synchronize()
+        model.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated() - base
+
+    assert train_peak(checkpointed(model, 4)) < 0.6 * train_peak(model)
