@@ -31,7 +31,7 @@ from common import print_table  # noqa: E402
 from labkit.device import describe, pick_device  # noqa: E402
 from labkit.reference import save_results  # noqa: E402
 
-BENCHES = ["measuring", "batching", "parallel", "memory"]
+BENCHES = ["measuring", "batching", "parallel", "memory", "streams"]
 
 
 def run_gpu_tests() -> dict:

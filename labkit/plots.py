@@ -183,7 +183,8 @@ def plot_latency_by_group(groups: dict[str, dict[str, Sequence[float]]], *, titl
     return fig
 
 
-def _draw_timeline(ax: Axes, timeline: Sequence[StageEvent], stages: int, title: str) -> None:
+def _draw_timeline(ax: Axes, timeline: Sequence[StageEvent], stages: int, title: str,
+                   stage_names: Sequence[str] | None = None) -> None:
     """One row per stage (stage 0 on top), one bar per micro-batch, coloured by its index."""
     cmap = plt.get_cmap("tab10")
     span_ms = max((e.end_s for e in timeline), default=0.0) * 1e3
@@ -194,7 +195,7 @@ def _draw_timeline(ax: Axes, timeline: Sequence[StageEvent], stages: int, title:
         if width > span_ms / 50:  # label the bars wide enough to hold a number
             ax.text(start + width / 2, e.stage, str(e.micro_batch), ha="center", va="center", fontsize=7,
                     color="white", clip_on=True)
-    ax.set_yticks(range(stages), [f"stage {i}" for i in range(stages)])
+    ax.set_yticks(range(stages), stage_names or [f"stage {i}" for i in range(stages)])
     ax.set_ylim(stages - 0.5, -0.5)
     ax.set_xlim(0, span_ms * 1.02 or 1.0)
     bubble = bubble_fraction(timeline, stages)
@@ -202,24 +203,27 @@ def _draw_timeline(ax: Axes, timeline: Sequence[StageEvent], stages: int, title:
     ax.grid(True, axis="x", alpha=0.3)
 
 
-def plot_pipeline_timeline(timeline: Sequence[StageEvent], *, stages: int, title: str) -> Figure:
-    """Gantt chart of a `PipelineParallel.timeline` (a sequence of `StageEvent`): one row per
-    stage, one bar per micro-batch (labelled and coloured by its index), x in ms. Gaps in a row
-    are that stage idling; the title gives the total span and the bubble fraction."""
+def plot_pipeline_timeline(timeline: Sequence[StageEvent], *, stages: int, title: str,
+                           stage_names: Sequence[str] | None = None) -> Figure:
+    """Gantt chart of a `PipelineParallel.timeline` or `StreamPipeline.timeline` (a sequence of
+    `StageEvent`): one row per stage (named by ``stage_names``, e.g. `labkit.streams.STAGES`),
+    one bar per batch (labelled and coloured by its index), x in ms. Gaps in a row are that
+    stage idling; the title gives the total span and the bubble fraction."""
     fig, ax = plt.subplots(figsize=(10, 0.9 + 0.55 * stages))
-    _draw_timeline(ax, timeline, stages, title)
+    _draw_timeline(ax, timeline, stages, title, stage_names)
     ax.set_xlabel("ms from the start of the call")
     fig.tight_layout()
     return fig
 
 
-def plot_pipeline_timelines(timelines: dict[str, Sequence[StageEvent]], *, stages: int, title: str = "") -> Figure:
+def plot_pipeline_timelines(timelines: dict[str, Sequence[StageEvent]], *, stages: int, title: str = "",
+                            stage_names: Sequence[str] | None = None) -> Figure:
     """Several `plot_pipeline_timeline` charts stacked on one shared ms axis, one per name,
     so their lengths compare at a glance (e.g. the sequential baseline above the pipeline)."""
     fig, axes = plt.subplots(len(timelines), 1, figsize=(10, 0.5 + (0.4 + 0.55 * stages) * len(timelines)),
                              sharex=True, squeeze=False)
     for ax, (name, timeline) in zip(axes[:, 0], timelines.items(), strict=True):
-        _draw_timeline(ax, timeline, stages, name)
+        _draw_timeline(ax, timeline, stages, name, stage_names)
     longest = max((e.end_s for t in timelines.values() for e in t), default=0.0) * 1e3
     axes[-1, 0].set_xlim(0, longest * 1.02 or 1.0)
     axes[-1, 0].set_xlabel("ms from the start of the call")

@@ -45,3 +45,13 @@ def test_graph_runner_is_offered_here_too():
     from labkit.streams import GraphRunner
 
     assert GraphRunner is G
+
+
+def test_the_timeline_plot_names_the_stream_stages(cnn):
+    from labkit import plots
+    from labkit.parallel import StageEvent
+    from labkit.streams import STAGES
+
+    events = [StageEvent(0.0, 0.001, 0, 0), StageEvent(0.001, 0.003, 1, 0), StageEvent(0.003, 0.004, 2, 0)]
+    fig = plots.plot_pipeline_timeline(events, stages=3, title="one batch", stage_names=STAGES)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(STAGES)
