@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -102,8 +103,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     doctor = sub.add_parser("doctor", help="what this machine has and what the course will do on it")
     doctor.add_argument("--json", action="store_true", help="print the facts as JSON")
     doctor.add_argument("--require-gpu", action="store_true", help="exit 1 when no CUDA device is visible")
+    assign = sub.add_parser("assign", help="generate exercises/ from solutions/ (or --check that they are in sync)")
+    assign.add_argument("--solutions", type=Path, default=Path("solutions"))
+    assign.add_argument("--exercises", type=Path, default=Path("exercises"))
+    assign.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises/ is out of date")
+    grade = sub.add_parser("grade", help="grade submitted notebooks into a CSV and a feedback file each")
+    grade.add_argument("submissions", nargs="+", type=Path, help="notebooks, or folders of them")
+    grade.add_argument("--out", type=Path, default=Path("grades.csv"))
+    grade.add_argument("--tests", type=Path, help="folder of hidden tests (*.py files defining TESTS)")
+    grade.add_argument("--jobs", type=int, default=1)
+    grade.add_argument("--timeout", type=float, default=60.0, help="seconds per question")
+    grade.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per grading process")
+    grade.add_argument("--feedback", type=Path, help="folder for feedback files (default: beside the CSV)")
     args = parser.parse_args(argv)
 
+    if args.command == "assign":
+        return _assign(args)
+    if args.command == "grade":
+        return _grade(args)
     if args.command == "doctor":
         facts = doctor_facts()
         if args.json:
@@ -113,6 +130,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.require_gpu and not facts["gpus"]:
             print("labkit doctor: --require-gpu given, but no CUDA device is visible", file=sys.stderr)
             return 1
+    return 0
+
+
+def _assign(args: argparse.Namespace) -> int:
+    from labkit.grading.assign import assign, stale_exercises
+
+    if args.check:
+        stale = stale_exercises(args.solutions, args.exercises)
+        if stale:
+            print(f"exercises out of date: {', '.join(stale)}; run `labkit assign`", file=sys.stderr)
+            return 1
+        print("exercises are in sync with solutions")
+        return 0
+    for path in assign(args.solutions, args.exercises):
+        print(f"wrote {path}")
+    return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from labkit.grading.grade import collect_submissions, grade_all
+
+    submissions = collect_submissions(args.submissions)
+    if not submissions:
+        print("no notebooks found in " + ", ".join(map(str, args.submissions)), file=sys.stderr)
+        return 1
+    rows = grade_all(submissions, args.out, tests=args.tests, jobs=args.jobs, timeout_s=args.timeout,
+                     memory_mb=args.memory_mb, feedback_dir=args.feedback)
+    graded = sum(1 for r in rows if not r.reason)
+    print(f"graded {graded} of {len(rows)} submissions: {args.out}")
     return 0
 
 
