@@ -1,6 +1,6 @@
 """Committed notebooks are clean sources, and each executes under papermill with its parameters.
 
-(`make test` also runs them through nbval with --nbval-lax.)
+(`make test` runs solutions/ and exercises/ through nbval with --nbval-lax.)
 """
 
 from __future__ import annotations
