@@ -30,6 +30,7 @@ class _Buffer:
     """One of the pipeline's in-flight slots: its pinned host buffers and what it holds now."""
 
     host_in: torch.Tensor | None = None
+    source: torch.Tensor | None = None  # what the batch is copied from: held until the copy is done
     host_out: torch.Tensor | None = None
     device_in: torch.Tensor | None = None
     output: torch.Tensor | None = None  # kept referenced until copied out: its memory stays ours
@@ -57,7 +58,9 @@ class StreamPipeline:
     Lifetimes: a pinned input buffer is refilled only after its previous copy finished; a device
     input only after the compute that read it; an output stays referenced until it is copied
     out, so the allocator cannot hand its memory to another stream meanwhile (no
-    ``record_stream`` needed).
+    ``record_stream`` needed). Inputs already in pinned memory are copied from where they are;
+    others are staged through the slot's own pinned buffer. The streams first wait for the
+    caller's stream, so work queued just before ``run`` (weights, inputs) is complete.
     """
 
     def __init__(self, model: nn.Module, buffers: int = 2, *, device: str | torch.device | None = None) -> None:
@@ -77,8 +80,11 @@ class StreamPipeline:
         if self.device.type != "cuda":
             return self._run_on_cpu(batches, record)
         results: list[torch.Tensor] = []
+        caller = torch.cuda.current_stream(self.device)
+        for stream in self.streams:  # weights or inputs the caller just wrote may still be in flight
+            stream.wait_stream(caller)
         self._origin = torch.cuda.Event(enable_timing=True)
-        self._origin.record(torch.cuda.current_stream(self.device))
+        self._origin.record(caller)
         for i, x in enumerate(batches):
             slot = self._slots[i % self.buffers]
             if slot.index >= 0:  # this slot's previous batch: collect it before reusing the slot
@@ -92,18 +98,25 @@ class StreamPipeline:
         copy_in, compute, copy_out = self.streams
         slot.events = [torch.cuda.Event(enable_timing=record) for _ in range(2 * len(STAGES))]
         start_in, end_in, start_c, end_c, start_out, end_out = slot.events
-        slot.host_in = _fit(slot.host_in, x, pinned=True)
-        slot.host_in[: len(x)].copy_(x)  # free to refill: its previous copy ended before `_collect`
+        if x.is_pinned():  # copied from where it is; `slot.source` keeps it alive until collected
+            source = x
+        else:  # staged in this slot's pinned buffer, free again: its last copy ended before `_collect`
+            slot.host_in = _fit(slot.host_in, x, pinned=True)
+            source = slot.host_in[: len(x)]
+            source.copy_(x)
+        slot.source = source
         slot.device_in = _fit(slot.device_in, x, device=self.device)
         with torch.cuda.stream(copy_in):
             start_in.record()
-            slot.device_in[: len(x)].copy_(slot.host_in[: len(x)], non_blocking=True)
+            slot.device_in[: len(x)].copy_(source, non_blocking=True)
             end_in.record()
         with torch.cuda.stream(compute), torch.no_grad():
             compute.wait_event(end_in)
             start_c.record()
             slot.output = self.model(slot.device_in[: len(x)])
             end_c.record()
+        if not isinstance(slot.output, torch.Tensor):
+            raise TypeError(f"StreamPipeline needs a model that returns one tensor, got {type(slot.output).__name__}")
         slot.host_out = _fit(slot.host_out, slot.output, pinned=True)
         with torch.cuda.stream(copy_out):
             copy_out.wait_event(end_c)
@@ -118,7 +131,7 @@ class StreamPipeline:
         if record:
             ms = [self._origin.elapsed_time(e) / 1e3 for e in slot.events]
             self.timeline += [StageEvent(ms[2 * k], ms[2 * k + 1], k, slot.index) for k in range(len(STAGES))]
-        slot.output, slot.index = None, -1
+        slot.output, slot.source, slot.index = None, None, -1
         return out
 
     def _run_on_cpu(self, batches: Iterable[torch.Tensor], record: bool) -> list[torch.Tensor]:
