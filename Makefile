@@ -28,13 +28,7 @@ test: setup
 	$(PY) -m pytest tests solutions exercises --nbval-lax
 
 report: setup
-	@mkdir -p reports
-	@set -e; for nb in notebooks/[0-9]*.ipynb; do \
-		name=$$(basename $$nb .ipynb); \
-		$(PY) -m papermill $$nb reports/$$name.ipynb --cwd notebooks -p device $(DEVICE) -p size $(SIZE) --progress-bar; \
-		$(PY) -m jupyter nbconvert --to html reports/$$name.ipynb --output-dir reports --log-level WARN; \
-	done
-	@echo "report written to reports/ (one executed notebook and one HTML page per lesson)"
+	$(VENV)/bin/labkit report --device $(DEVICE) --size $(SIZE)
 
 lab: setup
 	$(PY) -m jupyter lab notebooks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import platform
 import sys
@@ -115,8 +116,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     grade.add_argument("--timeout", type=float, default=60.0, help="seconds per question")
     grade.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per grading process")
     grade.add_argument("--feedback", type=Path, help="folder for feedback files (default: beside the CSV)")
+    report = sub.add_parser("report", help="run every lesson here and write reports/<run>/index.html")
+    report.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/[0-9]*.ipynb")
+    report.add_argument("--device", default="auto")
+    report.add_argument("--size", default="small", choices=["small", "full"])
+    report.add_argument("--param", action="append", default=[], metavar="NOTEBOOK:KEY=VALUE",
+                        help="a parameter for one notebook, e.g. 01_dynamic_batching:requests=500")
+    report.add_argument("--timeout", type=float, default=600.0, help="seconds per cell")
+    report.add_argument("--out", type=Path, default=Path("reports"))
+    report.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
+                        help="compare the figures of two runs (folders or figures.json) instead of running")
     args = parser.parse_args(argv)
 
+    if args.command == "report":
+        return _report(args)
     if args.command == "assign":
         return _assign(args)
     if args.command == "grade":
@@ -160,6 +173,35 @@ def _grade(args: argparse.Namespace) -> int:
     graded = sum(1 for r in rows if not r.reason)
     print(f"graded {graded} of {len(rows)} submissions: {args.out}")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from labkit.report import compare, run_report
+
+    if args.compare:
+        print(compare(*args.compare))
+        return 0
+    params: dict[str, dict[str, Any]] = {}
+    for item in args.param:
+        notebook, _, assignment = item.partition(":")
+        key, eq, value = assignment.partition("=")
+        if not (notebook and key and eq):
+            print(f"--param {item!r}: expected NOTEBOOK:KEY=VALUE", file=sys.stderr)
+            return 2
+        try:
+            parsed: Any = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        params.setdefault(notebook.removesuffix(".ipynb"), {})[key] = parsed
+    notebooks = args.notebooks or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
+    folder, runs = run_report(notebooks, args.out, device=args.device, size=args.size, params=params,
+                              timeout_s=args.timeout)
+    failed = [r for r in runs if r.status != "ok"]
+    print(f"report: {folder / 'index.html'} ({len(runs) - len(failed)} of {len(runs)} notebooks ran)")
+    for r in failed:
+        print(f"  failed: {r.name}" + (f", cell In [{r.failed_cell}]" if r.failed_cell is not None else "") + f": {r.error}",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class NotebookRun:
     name: str
     status: str = "ok"  # or "failed"
     error: str = ""
-    failed_cell: int | None = None
+    failed_cell: int | None = None  # its execution count: the "In [n]" of the executed notebook
     seconds: float = 0.0
     figures: list[dict[str, Any]] = field(default_factory=list)
     images: list[str] = field(default_factory=list)  # files under the run folder
@@ -71,7 +71,7 @@ def _execute(path: Path, out: Path, parameters: dict[str, Any], timeout_s: float
         papermill.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(path.parent),
                                    kernel_name="python3", progress_bar=False, execution_timeout=timeout_s)
     except papermill.PapermillExecutionError as e:
-        run.status, run.failed_cell, run.error = "failed", e.cell_index, f"{e.ename}: {e.evalue}"
+        run.status, run.failed_cell, run.error = "failed", e.exec_count, f"{e.ename}: {e.evalue}"
     except Exception as e:  # a kernel that died, a timeout, an unreadable notebook
         run.status, run.error = "failed", f"{type(e).__name__}: {e}"
     run.seconds = time.perf_counter() - t0
@@ -167,13 +167,13 @@ th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: ta
 <h2>Lessons</h2>
 <table><tr><th>notebook</th><th>status</th><th>seconds</th><th>figures</th><th>plots</th></tr>
 {% for r in runs %}<tr><td><a href="{{ r.name }}.html">{{ r.name }}</a></td>
-<td class="{{ r.status }}">{{ r.status }}{% if r.failed_cell is not none %} (cell {{ r.failed_cell }}){% endif %}</td>
+<td class="{{ r.status }}">{{ r.status }}{% if r.failed_cell is not none %} (In [{{ r.failed_cell }}]){% endif %}</td>
 <td class="num">{{ "%.1f"|format(r.seconds) }}</td><td class="num">{{ r.figures|length }}</td>
 <td class="num">{{ r.images|length }}</td></tr>{% endfor %}
 </table>
 {% set failed = runs|selectattr("status", "equalto", "failed")|list %}
 {% if failed %}<h2 class="failed">Failures</h2><ul>
-{% for r in failed %}<li><b>{{ r.name }}</b>{% if r.failed_cell is not none %}, cell {{ r.failed_cell }}{% endif %}: <code>{{ r.error }}</code></li>{% endfor %}
+{% for r in failed %}<li><b>{{ r.name }}</b>{% if r.failed_cell is not none %}, cell In [{{ r.failed_cell }}]{% endif %}: <code>{{ r.error }}</code></li>{% endfor %}
 </ul>{% endif %}
 {% for r in runs %}
 <h2 id="{{ r.name }}">{{ r.name }}</h2>

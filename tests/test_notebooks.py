@@ -1,6 +1,7 @@
-"""Committed notebooks are clean sources, and each executes under papermill with its parameters.
+"""Committed notebooks are clean sources with a CPU-friendly `parameters` cell.
 
-(`make test` runs solutions/ and exercises/ through nbval with --nbval-lax.)
+The lessons are executed once, under papermill with their parameters, by the course report in
+tests/test_report.py; `make test` runs solutions/ and exercises/ through nbval.
 """
 
 from __future__ import annotations
@@ -49,23 +50,3 @@ def test_lesson_parameters_default_to_a_cpu_friendly_run(path: Path):
     }
     assert values.get("device") == "auto"
     assert values.get("size") == "small"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
-def test_lesson_executes_under_papermill(path: Path, tmp_path: Path):
-    import papermill
-
-    out = tmp_path / path.name
-    papermill.execute_notebook(
-        str(path), str(out), parameters={"device": "cpu", "size": "small"},
-        cwd=str(path.parent), kernel_name="python3", progress_bar=False, execution_timeout=300,
-    )
-    nb = nbformat.read(out, as_version=4)
-    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and "device = \"cpu\"" in injected[0].source
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "a lesson should draw at least one plot"
-    text = "".join(o.get("text", "") for o in outputs)
-    assert "CPU" in text, "on a CPU run the lesson must say its figures are CPU figures"

@@ -1,0 +1,143 @@
+"""`labkit report`: every lesson executed once (here, on this machine's CPU), figures and plots
+collected into one HTML page; a failing notebook gives a partial report and a non-zero exit."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from labkit.report import compare, run_report
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    folder, runs = run_report(LESSONS, tmp_path_factory.mktemp("reports"), device="cpu", size="small",
+                              timeout_s=300, progress=False)
+    return folder, {r.name: r for r in runs}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_every_lesson_runs_records_figures_and_draws(course, path):
+    folder, runs = course
+    run = runs[path.stem]
+    assert run.status == "ok", run.error
+    assert run.figures, "a lesson records its key figures with labkit.record"
+    assert run.images, "a lesson draws at least one plot"
+    assert all((folder / image).stat().st_size > 1000 for image in run.images)
+    nb = nbformat.read(folder / path.name, as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and 'device = "cpu"' in injected[0].source
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "CPU" in text, "on a CPU run the lesson must say its figures are CPU figures"
+    assert (folder / f"{path.stem}.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_index_shows_every_figure_every_plot_and_the_machine(course):
+    folder, runs = course
+    page = (folder / "index.html").read_text()
+    assert "CPU" in page and "Failures" not in page
+    for run in runs.values():
+        assert f'href="{run.name}.html"' in page
+        for fig in run.figures:
+            assert html.escape(fig["name"]) in page, fig["name"]
+        for image in run.images:
+            assert f'src="{image}"' in page
+    assert "NVIDIA H200" in page  # reference figures beside ours, with the card that measured them
+    data = json.loads((folder / "figures.json").read_text())
+    assert set(data["notebooks"]) == set(runs) and data["machine"]["device"] == "cpu"
+
+
+def _tiny(path: Path, *cells: str) -> Path:
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                      metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}})
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def tiny_notebooks(tmp_path):
+    good = _tiny(tmp_path / "10_good.ipynb", 'device = "auto"\nsize = "small"\nn = 1',
+                 'from labkit import record\nrecord("n", n, "things")\nrecord("speed", 12.5, "img/s", '
+                 'reference="batching.resnet50_gpu.fp32_graph.batcher.img_s")',
+                 "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()")
+    bad = _tiny(tmp_path / "11_bad.ipynb", 'device = "auto"\nsize = "small"',
+                'from labkit import record\nrecord("before the failure", 3)',
+                'raise RuntimeError("deliberate")', 'record("never reached", 4)')
+    return good, bad
+
+
+def test_a_failing_notebook_gives_a_partial_report_and_a_non_zero_exit(tiny_notebooks, tmp_path):
+    good, bad = tiny_notebooks
+    out = tmp_path / "reports"
+    cli = subprocess.run([sys.executable, "-m", "labkit.cli", "report", str(bad), str(good), "--out", str(out),
+                          "--device", "cpu", "--param", "10_good:n=5"], capture_output=True, text=True, cwd=tmp_path)
+    assert cli.returncode == 1, cli.stderr
+    assert "failed: 11_bad, cell In [4]: RuntimeError: deliberate" in cli.stderr  # after papermill's injected cell
+    (folder,) = out.iterdir()
+    page = (folder / "index.html").read_text()
+    assert "Failures" in page and "RuntimeError: deliberate" in page
+    data = json.loads((folder / "figures.json").read_text())
+    good_figs = {f["name"]: f for f in data["notebooks"]["10_good"]["figures"]}
+    bad_figs = [f["name"] for f in data["notebooks"]["11_bad"]["figures"]]
+    assert good_figs["n"]["value"] == 5  # --param reached that notebook only
+    assert good_figs["speed"]["reference_card"].startswith("NVIDIA H200")
+    assert bad_figs == ["before the failure"]
+    assert data["notebooks"]["10_good"]["images"] and (folder / "11_bad.html").exists()
+
+
+def test_param_must_name_a_notebook_and_a_key(tiny_notebooks, tmp_path):
+    good, _ = tiny_notebooks
+    cli = subprocess.run([sys.executable, "-m", "labkit.cli", "report", str(good), "--param", "n=5"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert cli.returncode == 2 and "NOTEBOOK:KEY=VALUE" in cli.stderr
+
+
+def test_compare_two_runs(tmp_path):
+    def run(name, device, speed):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "figures.json").write_text(json.dumps({
+            "run": name, "machine": {"device_name": device},
+            "notebooks": {"01": {"figures": [{"name": "speed", "value": speed}, {"name": f"only {name}", "value": 1}]}}}))
+        return folder
+
+    table = compare(run("a", "CPU (2 threads)", 100.0), run("b", "NVIDIA H200", 2500.0))
+    assert "CPU (2 threads)" in table and "NVIDIA H200" in table
+    line = next(row for row in table.splitlines() if "speed" in row)
+    assert line.split()[-1] == "25.00"
+    assert "2 figure(s) recorded in only one run" in table
+
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
+def test_the_report_renders_in_a_real_browser(course, tmp_path):
+    import matplotlib.image
+
+    folder, _ = course
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,2400", (folder / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[0] >= 2000
+    ink = (pixels.mean(axis=2) < 0.9).mean()  # share of pixels that are not near-white
+    assert ink > 0.02, "the screenshot is blank"
+    colours = len({tuple(p) for p in (pixels[::8, ::8] * 255).astype(int).reshape(-1, 3)})
+    assert colours > 50, "no images or styled tables rendered"  # plots bring many colours
