@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -24,6 +25,8 @@ from labkit.batching import DynamicBatcher
 from labkit.measure import LatencyStats
 
 __all__ = ["MultiModelServer", "UnknownModelError", "ServerStoppedError"]
+
+LATENCY_WINDOW = 10_000  # latency percentiles cover the most recent requests: memory stays bounded
 
 
 class UnknownModelError(LookupError):
@@ -40,7 +43,8 @@ class _Served:
     stream: torch.cuda.Stream | None
     executor: ThreadPoolExecutor
     batcher: DynamicBatcher | None
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    requests: int = 0
     errors: int = 0
 
 
@@ -78,15 +82,24 @@ class MultiModelServer:
     async def start(self) -> None:
         if self._served:
             raise RuntimeError("this server was already started; create a new one")
-        for name, model in self._models.items():
-            if isinstance(model, nn.Module):
-                model = model.to(self.device).eval()
-            batcher = None
-            if name in self._batching:
-                batcher = DynamicBatcher(model, device=self.device, **self._batching[name])
-                await batcher.start()
-            stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-            self._served[name] = _Served(model, stream, ThreadPoolExecutor(1, thread_name_prefix=f"labkit-{name}"), batcher)
+        try:
+            for name, model in self._models.items():
+                if isinstance(model, nn.Module):
+                    model = model.to(self.device).eval()
+                batcher = None
+                if name in self._batching:
+                    batcher = DynamicBatcher(model, device=self.device, **self._batching[name])
+                    await batcher.start()
+                stream = None
+                if self.device.type == "cuda":
+                    stream = torch.cuda.Stream(self.device)
+                    stream.wait_stream(torch.cuda.current_stream(self.device))  # weights just moved or cast
+                self._served[name] = _Served(model, stream, ThreadPoolExecutor(1, thread_name_prefix=f"labkit-{name}"),
+                                             batcher)
+        except BaseException:
+            await self.stop()  # what was started so far
+            self._served = {}
+            raise
         self._running = True
 
     async def stop(self) -> None:
@@ -109,11 +122,16 @@ class MultiModelServer:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor for model {name!r}, got {type(x).__name__}")
         t0 = time.perf_counter()
+        served.requests += 1
+        ready = None
+        if x.is_cuda and served.stream is not None:  # made on the caller's stream: wait for it there
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(x.device))
         try:
             if served.batcher is not None:
                 out = await served.batcher.submit(x)
             else:
-                out = await asyncio.get_running_loop().run_in_executor(served.executor, self._run, served, x)
+                out = await asyncio.get_running_loop().run_in_executor(served.executor, self._run, served, x, ready)
         except Exception:
             served.errors += 1
             raise
@@ -128,9 +146,12 @@ class MultiModelServer:
         except KeyError:
             raise UnknownModelError(f"no model named {name!r}; this server has {', '.join(map(repr, self._served))}") from None
 
-    def _run(self, served: _Served, x: torch.Tensor) -> Any:
+    def _run(self, served: _Served, x: torch.Tensor, ready: torch.cuda.Event | None) -> Any:
         """In the model's own thread: issue its kernels on its stream, then wait on an event."""
         with torch.no_grad(), (torch.cuda.stream(served.stream) if served.stream is not None else nullcontext()):
+            if ready is not None:
+                served.stream.wait_event(ready)
+                x.record_stream(served.stream)  # the caller may drop x before this stream is done with it
             out = served.fn(x.to(self.device, non_blocking=True))
             if served.stream is None:
                 return out
@@ -141,12 +162,16 @@ class MultiModelServer:
         return host
 
     def stats(self) -> dict[str, dict[str, float]]:
-        """Per model: requests served, errors, and latency percentiles in ms (also after `stop`)."""
-        out = {}
+        """Per model: requests, errors, latency percentiles in ms over the last `LATENCY_WINDOW`
+        requests, and for a batched model its batches and mean batch size (also after `stop`)."""
+        out: dict[str, dict[str, float]] = {}
         for name, s in self._served.items():
-            lat = LatencyStats.from_samples(s.latencies_ms)
-            out[name] = {"requests": len(s.latencies_ms), "errors": s.errors, "p50_ms": lat.p50_ms,
+            lat = LatencyStats.from_samples(list(s.latencies_ms))
+            out[name] = {"requests": s.requests, "errors": s.errors, "p50_ms": lat.p50_ms,
                          "p99_ms": lat.p99_ms, "mean_ms": lat.mean_ms}
+            if s.batcher is not None:
+                summary = s.batcher.stats.summary()
+                out[name] |= {"batches": summary["batches"], "mean_batch_size": summary["mean_batch_size"]}
         return out
 
 

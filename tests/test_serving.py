@@ -96,7 +96,7 @@ def test_a_failing_request_gets_the_models_error_and_nobody_else_does():
     (bad, good_a, good_b), stats = run(main())
     assert isinstance(bad, ValueError) and "bad input" in str(bad)
     assert good_a[0, 0].item() == 2.0 and good_b[0, 0].item() == 3.0
-    assert stats["a"]["errors"] == 1 and stats["a"]["requests"] == 1 and stats["b"]["requests"] == 1
+    assert stats["a"]["errors"] == 1 and stats["a"]["requests"] == 2 and stats["b"]["requests"] == 1
 
 
 def test_unknown_model_lists_the_models_and_a_stopped_server_refuses():
@@ -136,11 +136,12 @@ def test_a_model_served_through_a_dynamic_batcher_takes_single_inputs():
 
     async def main():
         async with MultiModelServer({"mlp": model}, batching={"mlp": dict(max_batch_size=4, max_wait_ms=2)}) as server:
-            return await asyncio.gather(*(server.predict("mlp", x) for x in xs))
+            return await asyncio.gather(*(server.predict("mlp", x) for x in xs)), server.stats()
 
-    outs = run(main())
+    outs, stats = run(main())
     with torch.no_grad():
         torch.testing.assert_close(torch.stack(outs), model(torch.stack(xs)))
+    assert stats["mlp"]["requests"] == 6 and stats["mlp"]["batches"] >= 2 and stats["mlp"]["mean_batch_size"] > 1
 
 
 def test_batching_for_a_model_that_does_not_exist_is_refused():
@@ -148,3 +149,19 @@ def test_batching_for_a_model_that_does_not_exist_is_refused():
         MultiModelServer({"a": Slow(1.0)}, batching={"nope": {}})
     with pytest.raises(ValueError, match="at least one model"):
         MultiModelServer({})
+
+
+def test_a_start_that_fails_part_way_releases_what_it_started():
+    import threading
+
+    server = MultiModelServer({"a": Slow(1.0, 0), "b": Slow(1.0, 0)},
+                              batching={"a": dict(max_batch_size=2), "b": dict(max_inflight=0)})
+
+    async def main():
+        with pytest.raises(ValueError, match="max_inflight"):
+            await server.start()
+        with pytest.raises(ServerStoppedError):
+            await server.predict("a", torch.ones(2))
+
+    run(main())
+    assert not [t for t in threading.enumerate() if t.name.startswith("labkit-")]
