@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psutil
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.checkpoint import checkpoint
 
 from labkit.models import example_batch, sequential_layers
 
@@ -33,6 +37,7 @@ __all__ = [
     "Trial",
     "MaxBatch",
     "search_max_batch",
+    "make_trial",
     "find_max_batch",
     "PrecisionRow",
     "compare_precisions",
@@ -93,30 +98,68 @@ class LayerMemory:
     output_bytes: int
 
 
+class _LiveBytes(TorchDispatchMode):
+    """Counts the bytes of tensors alive at once while it is active, as ops create them and as
+    Python frees them. Storages that existed before (weights, the input) are not counted; views
+    and in-place results share their storage and count once. Works on the meta device too, where
+    shapes are worked out without any arithmetic."""
+
+    def __init__(self, existing: set[int]) -> None:
+        super().__init__()
+        self.existing, self.live, self.peak = existing, 0, 0
+        self._storages: dict[int, tuple[int, int]] = {}  # storage -> (bytes, tensors using it)
+        self._tensors: set[int] = set()
+
+    def _drop(self, tensor_id: int, key: int) -> None:
+        self._tensors.discard(tensor_id)
+        nbytes, users = self._storages[key]
+        if users == 1:
+            del self._storages[key]
+            self.live -= nbytes
+        else:
+            self._storages[key] = (nbytes, users - 1)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or id(t) in self._tensors:
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata  # the storage itself: unique on every device, meta included
+            if key in self.existing:
+                continue
+            nbytes, users = self._storages.get(key, (storage.nbytes(), 0))
+            if users == 0:
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+            self._storages[key] = (nbytes, users + 1)
+            self._tensors.add(id(t))
+            weakref.finalize(t, self._drop, id(t), key)
+        return out
+
+
 def activation_memory(model: nn.Module, example: torch.Tensor) -> tuple[list[LayerMemory], int]:
     """Output bytes of every leaf layer for the batch ``example``, and the peak inference holds.
 
-    Under ``no_grad`` a layer's input can be freed once its output exists, so the peak is the
-    largest input + output pair along the way (or the input itself), not the sum of all outputs:
-    that sum is roughly what training keeps for the backward pass.
+    The peak is measured, not estimated: the bytes of all tensors alive at once during the
+    forward pass under ``no_grad``, the input included, as each op creates them and Python frees
+    them. It is far below the sum of the layer outputs (what training keeps for the backward
+    pass), but above the largest single layer: a residual block keeps its input alive until the
+    addition. Run it on a model and input on the ``meta`` device to count bytes without computing.
     """
     names = {m: n for n, m in model.named_modules() if not list(m.children())}
     layers: list[LayerMemory] = []
-    peak = _nbytes(example)
-
-    def hook(module: nn.Module, inputs: tuple, out: object) -> None:
-        nonlocal peak
-        layers.append(LayerMemory(names[module], _nbytes(out)))
-        peak = max(peak, _nbytes(inputs) + _nbytes(out))
-
-    handles = [m.register_forward_hook(hook) for m in names]
+    handles = [m.register_forward_hook(lambda mod, _, out: layers.append(LayerMemory(names[mod], _nbytes(out))))
+               for m in names]
+    existing = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers(), example)}
+    tracker = _LiveBytes(existing)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), tracker:
             model(example)
     finally:
         for h in handles:
             h.remove()
-    return layers, peak
+    return layers, _nbytes(example) + tracker.peak
 
 
 def saved_for_backward_bytes(model: nn.Module, example: torch.Tensor, *, grad: bool = True) -> int:
@@ -134,8 +177,8 @@ def saved_for_backward_bytes(model: nn.Module, example: torch.Tensor, *, grad: b
     x = example.detach().requires_grad_(grad and example.is_floating_point())
     with torch.set_grad_enabled(grad), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(n for ptr, n in saved.items() if ptr not in params)
+    state = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    return sum(n for ptr, n in saved.items() if ptr not in state)
 
 
 class Checkpointed(nn.Module):
@@ -143,16 +186,29 @@ class Checkpointed(nn.Module):
 
     def __init__(self, model: nn.Module, segments: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(*sequential_layers(model))
-        if not 1 <= segments <= len(self.layers):
-            raise ValueError(f"segments must be between 1 and {len(self.layers)} (the model's layers), got {segments}")
-        self.segments = segments
+        layers = sequential_layers(model)
+        if not 1 <= segments <= len(layers):
+            raise ValueError(f"segments must be between 1 and {len(layers)} (the model's layers), got {segments}")
+        bounds = [round(i * len(layers) / segments) for i in range(segments + 1)]
+        self.segments = nn.ModuleList(nn.Sequential(*layers[a:b]) for a, b in itertools.pairwise(bounds))
         self.input_spec = getattr(model, "input_spec", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():  # nothing would be saved anyway: plain forward
-            return self.layers(x)
-        return checkpoint_sequential(self.layers, self.segments, x, use_reentrant=False)
+            for segment in self.segments:
+                x = segment(x)
+            return x
+        for segment in self.segments:
+            x = checkpoint(_run_segment, segment, x, use_reentrant=False)
+        return x
+
+
+def _run_segment(segment: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    # A segment that starts in place (ResNet's ReLU(inplace=True)) would overwrite the input the
+    # checkpoint keeps to recompute it from; it gets a copy instead.
+    if getattr(segment[0], "inplace", False):
+        x = x.clone()
+    return segment(x)
 
 
 def checkpointed(model: nn.Module, segments: int = 4) -> Checkpointed:
@@ -180,6 +236,12 @@ class MaxBatch:
     trials: list[Trial] = field(default_factory=list)
     budget_bytes: int | None = None
     simulated: bool = False  # True: a CPU run against budget_bytes, not a real device's memory
+    limit: int | None = None
+
+    @property
+    def capped(self) -> bool:
+        """The search stopped at its limit: larger batches may fit too."""
+        return self.limit is not None and self.batch >= self.limit
 
     @property
     def seconds(self) -> float:
@@ -200,7 +262,7 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
     size, which proves it is the maximum. An out-of-memory failure has no peak to refit with, so
     a ``budget_bytes`` a little under the device's limit makes the search shorter.
     """
-    result = MaxBatch(0, budget_bytes=budget_bytes)
+    result = MaxBatch(0, budget_bytes=budget_bytes, limit=limit)
     peaks: dict[int, int] = {}
     lo, hi = 0, limit + 1  # lo fits (0: nothing yet); hi does not (limit + 1: nothing failed yet)
 
@@ -231,10 +293,10 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
         guess = None if bisect_next or len(peaks) < 2 else predicted()
         if guess is not None and not scouted:
             guess, scouted = max(guess // 2, lo + 1), True
-        if guess is None or guess >= hi:  # no usable line, or one the failures contradict
+        if guess is None or (guess >= hi and hi <= limit):  # no usable line, or one a failure contradicts
             n = (lo + hi) // 2 if hi <= limit else min(limit, 2 * lo)
-        else:
-            n = max(guess, lo + 1)
+        else:  # inside the open bracket; past the limit means: try the limit itself
+            n = min(max(guess, lo + 1), hi - 1)
         attempt(n)
         bisect_next = hi <= limit and (hi - lo) * 2 > width and not bisect_next
     result.batch = lo
@@ -261,30 +323,48 @@ def find_max_batch(
     limit: int = 1 << 16,
     channels_last: bool = False,
 ) -> MaxBatch:
-    """The largest batch of ``example`` (one input, no batch dimension) that ``model`` can run.
-
-    On CUDA a trial is a real forward pass under ``no_grad``; its peak is the most the allocator
-    reserved, weights included. Out of memory is caught, the batch freed and the cache emptied, so the
-    allocator is usable afterwards; ``budget_bytes`` (default: what the process could hold now)
-    bounds the peak too. On a CPU the memory is *simulated*: a trial fits when the weights plus
-    the measured activation peak (`activation_memory`) stay within ``budget_bytes``, required.
-    ``channels_last``: batches in NHWC layout (for a model converted with the same format).
-    """
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda":
-        if budget_bytes is None:
-            budget_bytes = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
-        trial = _cuda_trial(model, example, device, budget_bytes, channels_last)
-    elif budget_bytes is None:
-        raise ValueError("on a CPU find_max_batch needs budget_bytes= (a simulated memory budget)")
-    else:
-        trial = _simulated_trial(model, example, budget_bytes, channels_last)
+    """The largest batch of ``example`` (one input, no batch dimension) that ``model`` can run,
+    found by `search_max_batch` with the trials of `make_trial`."""
+    device = _device_of(model, device)
+    budget_bytes = _budget(device, budget_bytes)
+    trial = make_trial(model, example, device, budget_bytes=budget_bytes, channels_last=channels_last)
     result = search_max_batch(trial, budget_bytes, limit=limit)
     result.simulated = device.type != "cuda"
     return result
+
+
+def make_trial(model: nn.Module, example: torch.Tensor, device: str | torch.device | None = None, *,
+               budget_bytes: int | None = None, channels_last: bool = False) -> Callable[[int], Trial]:
+    """``trial(n)``: does a batch of ``n`` copies of ``example`` fit? (the step of any max-batch search)
+
+    On CUDA a trial is a real forward pass under ``no_grad``; its peak is the most the allocator
+    reserved, weights included. Out of memory is caught, the batch freed and the cache emptied,
+    so the allocator is usable afterwards; ``budget_bytes`` (default: what the process could
+    hold now) bounds the peak too. Elsewhere the memory is *simulated*: a trial fits when the
+    weights plus the measured activation peak (`activation_memory`, counted on the meta device,
+    so without computing) stay within ``budget_bytes``, which is then required.
+    ``channels_last``: batches in NHWC layout (for a model converted with the same format).
+    """
+    device = _device_of(model, device)
+    budget_bytes = _budget(device, budget_bytes)
+    if device.type == "cuda":
+        return _cuda_trial(model, example, device, budget_bytes, channels_last)
+    return _simulated_trial(model, example, budget_bytes, channels_last)
+
+
+def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else "cpu"
+    return torch.device(device)
+
+
+def _budget(device: torch.device, budget_bytes: int | None) -> int:
+    if budget_bytes is not None:
+        return budget_bytes
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+    raise ValueError("without a GPU, a max-batch search needs budget_bytes= (a simulated memory budget)")
 
 
 def _batch_of(example: torch.Tensor, n: int, device: torch.device, channels_last: bool = False) -> torch.Tensor:
@@ -315,11 +395,18 @@ def _cuda_trial(model: nn.Module, example: torch.Tensor, device: torch.device, b
 def _simulated_trial(model: nn.Module, example: torch.Tensor, budget: int,
                      channels_last: bool = False) -> Callable[[int], Trial]:
     weights = weight_bytes(model)
+    meta = model if _on_meta(model) else copy.deepcopy(model).to("meta")  # bytes from shapes alone
+    meta_example = example.to("meta")
 
     def run(n: int) -> int:
-        return weights + activation_memory(model, _batch_of(example, n, example.device, channels_last))[1]
+        return weights + activation_memory(meta, _batch_of(meta_example, n, meta_example.device, channels_last))[1]
 
     return lambda n: _timed(lambda: run(n), budget, n, gc.collect)
+
+
+def _on_meta(model: nn.Module) -> bool:
+    param = next(model.parameters(), None)
+    return param is not None and param.is_meta
 
 
 @dataclass(frozen=True)
@@ -340,8 +427,11 @@ def compare_precisions(
 ) -> list[PrecisionRow]:
     """The same model (copied) in each precision and layout: its weights and its largest batch.
 
-    Tests the guide's "fit 2-3x larger batches" claim: half precision halves weights and
-    activations, so about 2x, not 3x; the layout moves no bytes, only which kernels run.
+    Tests the guide's "fit 2-3x larger batches" claim. Half precision halves weights (W) and
+    activations, so under a budget B the batch grows 2(B - W/2)/(B - W) times: about 2x when
+    the weights are small beside the budget, more when they fill most of it. The layout moves no
+    bytes, only which kernels run. On CUDA the budget is the process's whole reserved memory:
+    the original model, if it is on that device, counts against it too.
     """
     rows = []
     for dtype in dtypes:

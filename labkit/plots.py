@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from labkit.measure import GPUMonitor
+from labkit.memory import MaxBatch
 from labkit.parallel.pipeline import StageEvent, bubble_fraction
 from labkit.sweep import SweepPoint
 
@@ -29,6 +30,7 @@ __all__ = [
     "plot_pipeline_timeline",
     "plot_pipeline_timelines",
     "plot_scaling",
+    "plot_max_batch_search",
 ]
 
 
@@ -277,5 +279,35 @@ def plot_scaling(
     ax_tp.legend(fontsize=8, loc="upper left")
     ax_eff.legend(fontsize=8, loc="lower left")
     fig.suptitle(f"{label}: {how}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_max_batch_search(found: MaxBatch, *, budget_bytes: int, held: int = 0, title: str) -> Figure:
+    """A `find_max_batch` result: left, the batch each trial tried, in order (o: it fitted, x: it
+    did not); right, the peak each trial measured against its batch, with the budget. ``held``:
+    bytes the process held before, taken off each peak."""
+    mib = 2**20
+    fig, (ax_log, ax_peak) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for fits, marker, label in ((True, "o", "fits"), (False, "x", "does not fit")):
+        pts = [(i, t) for i, t in enumerate(found.trials, 1) if t.fits == fits]
+        if not pts:
+            continue
+        ax_log.plot([i for i, _ in pts], [t.batch for _, t in pts], marker, label=label, markersize=8)
+        peaks = [(t.batch, (t.peak_bytes - held) / mib) for _, t in pts if t.peak_bytes is not None]
+        ax_peak.plot([b for b, _ in peaks], [p for _, p in peaks], marker, label=label, markersize=8)
+    ax_log.plot(range(1, len(found.trials) + 1), [t.batch for t in found.trials], "-", color="grey", alpha=0.4)
+    ax_log.set(xlabel="trial", ylabel="batch tried", yscale="log", title=f"{len(found.trials)} trials")
+    ax_log.set_xticks(range(1, len(found.trials) + 1))
+    ticks = [2**k for k in range(max((t.batch for t in found.trials), default=1).bit_length() + 1)]
+    ticks = ticks[:: 1 + len(ticks) // 9]
+    ax_log.set_yticks(ticks, [f"{t:,}" for t in ticks])
+    ax_log.minorticks_off()
+    ax_peak.axhline(budget_bytes / mib, color="k", linestyle=":", label=f"budget {budget_bytes / mib:,.0f} MiB")
+    ax_peak.set(xlabel="batch", ylabel="peak MiB", title="peak memory of each trial")
+    for ax in (ax_log, ax_peak):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

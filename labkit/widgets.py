@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 import torch
 
 from labkit.models import MODELS, build_model
-from labkit.plots import plot_sweep
+from labkit.plots import plot_max_batch_search, plot_sweep
 from labkit.sweep import batch_sweep
 
-__all__ = ["sweep_playground", "batching_playground", "pipeline_playground"]
+__all__ = ["sweep_playground", "batching_playground", "pipeline_playground", "memory_playground"]
 
 
 def sweep_playground(
@@ -153,3 +153,98 @@ def pipeline_playground(
 
     run.on_click(on_run)
     return w.VBox([w.HBox([micro, run]), out])
+
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _playground_search(name: str, precision: str, budget_bytes: int, device: torch.device, size: str):
+    """One run of `memory_playground`: (`MaxBatch`, weight bytes, the batch the two probes
+    predicted or None, bytes this process already held on the device).
+
+    On CUDA: real forward passes (`find_max_batch`); what the process already holds there is
+    added to the budget, so the budget is this model's own. Elsewhere: the simulated budget
+    (weights + measured activation bytes), counted on PyTorch's meta device: the bytes depend
+    only on shapes and dtypes, which the meta device works out without doing the arithmetic.
+    """
+    import gc
+
+    from labkit.memory import find_max_batch, weight_bytes
+    from labkit.models import example_batch
+
+    held = 0
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        held = torch.cuda.memory_reserved(device)
+        model = build_model(name, size, device).to(_DTYPES[precision])
+    else:
+        model = build_model(name, size, "cpu").to("meta", _DTYPES[precision])
+    budget = held + budget_bytes
+    found = find_max_batch(model, example_batch(model, 1)[0], budget_bytes=budget)
+    probes = {t.batch: t.peak_bytes for t in found.trials[:2] if t.peak_bytes is not None}
+    predicted = None
+    if set(probes) == {1, 2} and probes[2] > probes[1]:  # the line through the probes meets the budget
+        predicted = max(0, 1 + (budget - probes[1]) // (probes[2] - probes[1]))
+    return found, weight_bytes(model), predicted, held
+
+
+def memory_playground(
+    device: str | torch.device = "cpu",
+    size: str = "small",
+    *,
+    models: Sequence[str] = ("tiny_cnn", "mlp", "resnet50"),
+    budget_mib: int = 16,
+    max_budget_mib: int = 1024,
+):
+    """A model, a precision and a memory budget (MiB); *Find max batch* runs `find_max_batch` and
+    shows the batch the first two trials predict, the batch it confirms and every trial.
+
+    On a CUDA ``device`` the trials are real forward passes and the budget is on top of what the
+    process already holds there; elsewhere the budget is simulated (weights plus activation
+    bytes, counted on the meta device, so any model and precision answers at once). The default
+    case runs once when the playground is built.
+    """
+    import ipywidgets as w
+
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    model_box = w.Dropdown(options=list(models), value=list(models)[0], description="model")
+    precision = w.Dropdown(options=list(_DTYPES), value="float32", description="precision")
+    budget = w.IntSlider(value=budget_mib, min=1, max=max_budget_mib, description="budget MiB",
+                         continuous_update=False)
+    run = w.Button(description="Find max batch", button_style="primary")
+    out = w.Output()
+
+    def on_run(_: object) -> None:
+        name, dtype, budget_bytes = model_box.value, precision.value, budget.value * 2**20
+        out.outputs = ()
+        found, weights, predicted, held = _playground_search(name, dtype, budget_bytes, device, size)
+        where = (f"GPU, real forward passes on {torch.cuda.get_device_name(device)}" if on_gpu else
+                 "CPU, simulated budget: weights + activation bytes, not a device limit")
+        lines = [f"{where}: {name} ({size}) in {dtype}, budget {budget.value:,} MiB",
+                 f"  weights: {weights / 2**20:,.2f} MiB"]
+        if on_gpu and held:
+            lines.append(f"  (the process already held {held / 2**20:,.0f} MiB on the device; the budget is on top)")
+        if found.batch == 0:
+            lines.append("  largest batch: 0 (not even one input fits: the weights alone need "
+                         f"{weights / 2**20:,.1f} MiB)" if weights > budget_bytes else "  largest batch: 0")
+        else:
+            if predicted is not None:
+                lines.append(f"  predicted from the first two trials: {predicted:,}")
+            proof = ("the search's limit: every batch up to it fits" if found.batch >= (1 << 16) else
+                     f"{found.batch:,} fits, {found.batch + 1:,} does not")
+            lines.append(f"  largest batch: {found.batch:,} ({proof}), found in {len(found.trials)} trials")
+        lines.append("  trials: " + ", ".join(f"{t.batch:,}{'' if t.fits else ' x'}" for t in found.trials)
+                     + "   (x: did not fit)")
+        out.append_stdout("\n".join(lines) + "\n")
+        kind = "GPU" if on_gpu else "CPU, simulated"
+        fig = plot_max_batch_search(found, budget_bytes=budget_bytes, held=held,
+                            title=f"{kind}: {name} ({size}), {dtype}, budget {budget.value:,} MiB")
+        out.append_display_data(fig)
+        plt.close(fig)
+
+    run.on_click(on_run)
+    on_run(None)
+    return w.VBox([w.HBox([model_box, precision, budget, run]), out])

@@ -226,3 +226,37 @@ def test_half_precision_about_doubles_the_batch_and_the_layout_moves_no_bytes():
     assert by["float32", True].max_batch == fp32.max_batch
     assert all(r.trials <= 5 for r in rows)
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+
+
+@pytest.mark.parametrize("segments", [3, 4, 5])
+def test_checkpointed_resnet_trains_whatever_the_segments_start_with(segments):
+    # ResNet-50's ReLU is in place; a segment that starts with it must not overwrite its saved input
+    from labkit.memory import checkpointed
+
+    model = build_model("resnet50", "small").train()
+    x = example_batch(model, 2)
+    model(x).square().mean().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    checkpointed(model, segments)(x).square().mean().backward()
+    for a, b in zip(plain, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_activation_peak_is_measured_and_the_meta_device_gives_the_same_bytes():
+    model = build_model("resnet50", "small")
+    x = example_batch(model, 4)
+    layers, peak = activation_memory(model, x)
+    pairs = max(a.output_bytes + b.output_bytes for a, b in zip(layers, layers[1:], strict=False))
+    assert peak > pairs  # a residual block holds its input until the addition
+    _, meta_peak = activation_memory(model.to("meta"), x.to("meta"))
+    assert abs(meta_peak - peak) <= 0.01 * peak
+
+
+def test_a_search_that_reaches_its_limit_tries_the_limit_at_once():
+    from labkit.memory import search_max_batch
+
+    result = search_max_batch(_synthetic(lambda n: 100 + n, 10**9), 10**9, limit=5000)
+    assert result.batch == 5000 and result.capped
+    assert len(result.trials) <= 4, [t.batch for t in result.trials]
+    assert not search_max_batch(_synthetic(lambda n: 100 + n, 150), 150, limit=5000).capped
