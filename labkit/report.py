@@ -177,7 +177,7 @@ th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: ta
 </ul>{% endif %}
 {% for r in runs %}
 <h2 id="{{ r.name }}">{{ r.name }}</h2>
-{% if r.figures %}<table><tr><th>figure</th><th>measured here</th><th>unit</th><th>reference</th></tr>
+{% if r.figures %}<table><tr><th>figure</th><th>measured here</th><th>unit</th><th>recorded on a GPU (the lesson names its model and size)</th></tr>
 {% for f in r.figures %}<tr><td>{{ f.name }}</td>
 <td class="num">{% if f.value is number %}{{ "{:,.4g}".format(f.value) }}{% else %}{{ f.value }}{% endif %}</td>
 <td>{{ f.unit }}</td>

@@ -3,7 +3,6 @@ collected into one HTML page; a failing notebook gives a partial report and a no
 
 from __future__ import annotations
 
-import html
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from markupsafe import escape
 from nbformat.v4 import new_code_cell, new_notebook
 
 from labkit.report import compare, run_report
@@ -52,7 +52,7 @@ def test_index_shows_every_figure_every_plot_and_the_machine(course):
     for run in runs.values():
         assert f'href="{run.name}.html"' in page
         for fig in run.figures:
-            assert html.escape(fig["name"]) in page, fig["name"]
+            assert str(escape(fig["name"])) in page, fig["name"]
         for image in run.images:
             assert f'src="{image}"' in page
     assert "NVIDIA H200" in page  # reference figures beside ours, with the card that measured them
