@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,9 +143,13 @@ def grade_all(submissions: list[Path], out_csv: Path, *, tests: Path | None = No
         return row, grade_one(row.submission, question, tests=tests, timeout_s=timeout_s, memory_mb=memory_mb)
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for row, outcome in tqdm(pool.map(run, work), total=len(work), desc="grading", unit="question",
-                                 disable=not progress):
+        futures = [pool.submit(run, item) for item in work]
+        for done in tqdm(as_completed(futures), total=len(work), desc="grading", unit="question",
+                         disable=not progress):
+            row, outcome = done.result()
             row.outcomes.append(outcome)
+    for row in rows:
+        row.outcomes.sort(key=lambda o: list(QUESTIONS).index(o.question))
     _write_csv(rows, out_csv)
     feedback_dir = feedback_dir or out_csv.parent / "feedback"
     feedback_dir.mkdir(parents=True, exist_ok=True)

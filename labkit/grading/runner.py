@@ -65,11 +65,12 @@ def main() -> None:
     parser.add_argument("--tests", type=Path)
     parser.add_argument("--memory-mb", type=int)
     args = parser.parse_args()
-    if args.memory_mb:  # soft and hard: the submission cannot raise it again
+    if args.memory_mb:  # soft and hard: the submission cannot raise them again
         import resource
 
         limit = args.memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # no file (its printed output too) beyond it
     nonce = sys.stdin.readline().strip()
     sys.stdin.close()
     q = QUESTIONS[args.question]
