@@ -1,4 +1,4 @@
-"""The guide's batcher (section 2.1) and max-batch search (4.1), kept only as the "before" of a measurement.
+"""The guide's batcher (2.1), max-batch search (4.1) and checkpointing (4.3), kept only as the "before" of a measurement.
 
 Its defects are deliberate here and measured in bench/batching.py and notebook 01: it polls every millisecond, waits the
 whole window even when requests are queued, runs one batch at a time, stacks in pageable memory,
@@ -8,10 +8,13 @@ keys nothing safely, and one exception kills its loop (every later request hangs
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 
 import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class GuideBatcher:
@@ -64,7 +67,9 @@ class GuideBatcher:
 def guide_optimize_batch_size(model, input_shape, device: str = "cuda", start_size: int = 128) -> tuple[int, int]:
     """The guide's GPUMemoryManager.optimize_batch_size (seed-guide.md 4.1): a binary search over
     1..start_size, one forward pass per step, out of memory caught by message. Returns the batch
-    it settles on and how many forward passes it ran. It cannot look past ``start_size``."""
+    it settles on and how many forward passes it ran. It cannot look past ``start_size``, and each
+    trial runs while the previous trial's input batch is still referenced (``dummy_input`` is
+    rebound only once the next one exists), so it answers low."""
     max_batch, min_batch, optimal_batch, trials = start_size, 1, 1, 0
     while min_batch <= max_batch:
         batch_size = (min_batch + max_batch) // 2
@@ -84,3 +89,35 @@ def guide_optimize_batch_size(model, input_shape, device: str = "cuda", start_si
             else:
                 raise e
     return optimal_batch, trials
+
+
+def guide_search_steps(trial, start_size: int) -> tuple[int, int]:
+    """The same binary search over a clean ``trial(n) -> Trial`` (`labkit.memory.make_trial`): its
+    steps without its leftovers, so a run shows what the leftovers cost. Returns (batch, trials)."""
+    max_batch, min_batch, optimal_batch, trials = start_size, 1, 1, 0
+    while min_batch <= max_batch:
+        batch_size = (min_batch + max_batch) // 2
+        trials += 1
+        if trial(batch_size).fits:
+            optimal_batch, min_batch = batch_size, batch_size + 1
+        else:
+            max_batch = batch_size - 1
+    return optimal_batch, trials
+
+
+class GuideCheckpointed(nn.Module):
+    """The guide's CheckpointedModel (4.3): the same number of layers in every segment, whatever
+    each keeps for backward. Unlike the guide it keeps the leftover layers (in the last segment),
+    so that outputs stay right, and copies each segment's input (ResNet's in-place ReLU may start
+    one)."""
+
+    def __init__(self, layers: list[nn.Module], segments: int) -> None:
+        super().__init__()
+        per = len(layers) // segments
+        bounds = [*(i * per for i in range(segments)), len(layers)]
+        self.segments = nn.ModuleList(nn.Sequential(*layers[a:b]) for a, b in itertools.pairwise(bounds))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for segment in self.segments:
+            x = checkpoint(lambda x, segment=segment: segment(x.clone()), x, use_reentrant=False)
+        return x

@@ -41,7 +41,7 @@ def run_gpu_tests() -> dict:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=150,
+            cwd=ROOT, capture_output=True, text=True, timeout=240,
         )
         print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n", flush=True)
         if not xml.exists():

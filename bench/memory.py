@@ -1,8 +1,10 @@
 """Benchmark for lesson 04: the largest batch under a memory cap, precisions, checkpointing.
 
 GPU: ResNet-50 fp32 224² under a capped memory fraction (16 GiB): `find_max_batch` against the
-guide's binary search in the same run (batch found, forward passes, seconds); the largest batch
-per precision and layout; what activation checkpointing saves when training and at inference.
+guide's binary search in the same run (batch found, forward passes, seconds), and the guide's
+steps over clean trials; the largest batch per precision and layout; what activation
+checkpointing saves when training and at inference, cut as labkit cuts and as the guide does,
+measured by the allocator and counted on the meta device.
 CPU: the same against a simulated budget (weights + measured activations), labelled so.
 
 ``python bench/memory.py [--device auto] [--save]``; `make gpu-check` calls `run`.
@@ -20,20 +22,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines import guide_optimize_batch_size  # noqa: E402
+from baselines import GuideCheckpointed, guide_optimize_batch_size, guide_search_steps  # noqa: E402
 from common import cli  # noqa: E402
 
 from labkit.memory import (  # noqa: E402
     checkpointed,
     compare_precisions,
     find_max_batch,
+    make_trial,
     saved_for_backward_bytes,
+    training_peak_bytes,
     weight_bytes,
 )
-from labkit.models import build_model, example_batch  # noqa: E402
+from labkit.models import build_model, example_batch, sequential_layers  # noqa: E402
 
 MIB = 2**20
 CAP_BYTES = 16 * 2**30
+SEGMENTS = (2, 4, 8)
 
 
 def _capped_search(model, example, device: torch.device) -> dict[str, Any]:
@@ -45,6 +50,9 @@ def _capped_search(model, example, device: torch.device) -> dict[str, Any]:
         t0 = time.perf_counter()
         guide_batch, guide_trials = guide_optimize_batch_size(model, tuple(example.shape), str(device), start_size=4096)
         guide_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        clean = guide_search_steps(make_trial(model, example, device, budget_bytes=int(fraction * total)), 4096)
+        clean_s = time.perf_counter() - t0
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         torch.cuda.empty_cache()
@@ -53,6 +61,7 @@ def _capped_search(model, example, device: torch.device) -> dict[str, Any]:
         "ours": {"batch": ours.batch, "trials": len(ours.trials), "seconds": ours.seconds,
                  "trial_log": [asdict(t) for t in ours.trials]},
         "guide": {"batch": guide_batch, "trials": guide_trials, "seconds": guide_s, "start_size": 4096},
+        "guide_steps_clean_trials": {"batch": clean[0], "trials": clean[1], "seconds": clean_s},
         "agree": ours.batch == guide_batch,
     }
 
@@ -100,19 +109,30 @@ def run(device: torch.device) -> dict[str, Any]:
     out["precisions"] = [asdict(r) for r in rows]
 
     x = example_batch(model, 32)
-    ckpt = checkpointed(model, segments=4)
-    ck: dict[str, float] = {
+    meta = build_model("resnet50", "full" if gpu else "small", "meta")
+    ck: dict[str, Any] = {
         "batch": 32,
         "saved_plain_mib": saved_for_backward_bytes(model, x) / MIB,
-        "saved_ckpt_mib": saved_for_backward_bytes(ckpt, x) / MIB,
         "saved_plain_no_grad_mib": saved_for_backward_bytes(model, x, grad=False) / MIB,
-        "saved_ckpt_no_grad_mib": saved_for_backward_bytes(ckpt, x, grad=False) / MIB,
+        "train_peak_plain_counted_mib": training_peak_bytes(meta, x.to("meta")) / MIB,
     }
     if gpu:
         ck |= {"train_peak_plain_mib": _train_peak_mib(model, x, device),
-               "train_peak_ckpt_mib": _train_peak_mib(ckpt, x, device),
-               "infer_peak_plain_mib": _infer_peak_mib(model, x, device),
-               "infer_peak_ckpt_mib": _infer_peak_mib(ckpt, x, device)}
+               "infer_peak_plain_mib": _infer_peak_mib(model, x, device)}
+    for k in SEGMENTS:
+        ckpt, guide = checkpointed(model, segments=k), GuideCheckpointed(sequential_layers(model), k)
+        ck[f"segments_{k}"] = {
+            "blocks_per_segment": [len(s) for s in ckpt.segments],
+            "saved_mib": saved_for_backward_bytes(ckpt, x) / MIB,
+            "saved_no_grad_mib": saved_for_backward_bytes(ckpt, x, grad=False) / MIB,
+            "train_peak_counted_mib": training_peak_bytes(checkpointed(meta, k), x.to("meta")) / MIB,
+            "guide_cut_train_peak_counted_mib": training_peak_bytes(GuideCheckpointed(sequential_layers(meta), k),
+                                                                    x.to("meta")) / MIB,
+        }
+        if gpu:
+            ck[f"segments_{k}"] |= {"train_peak_mib": _train_peak_mib(ckpt, x, device),
+                                    "guide_cut_train_peak_mib": _train_peak_mib(guide, x, device),
+                                    "infer_peak_mib": _infer_peak_mib(ckpt, x, device)}
     out["checkpointing"] = ck
     return out
 

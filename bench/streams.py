@@ -1,10 +1,11 @@
 """Benchmark for lessons 05-06: several models at once, copy/compute overlap, CUDA graphs.
 
-Each comparison runs in one process, back to back, on the device present:
-- four models served one after another vs `MultiModelServer` (a stream and a thread each);
+Each comparison runs in one process, its variants timed in turns, on the device present:
+- four models served one after another vs together by `MultiModelServer` (a stream and a thread
+  each), at batch 8 and 32, eager and (GPU) as CUDA graphs;
 - fp32 batches from host memory: a plain loop from pageable memory (the guide), the same loop from
   pinned memory, and `StreamPipeline` from the same pageable batches (it pins through its own
-  buffers; that copy is timed), double-buffered on three streams;
+  buffers; that copy is timed), double-buffered on three streams; eager and (GPU) as a graph;
 - `GraphRunner` against the eager model at batch 1 and 32.
 GPU: ResNet-50 224², fp16 where the lesson says so. CPU: small models; there the streams and
 graphs have nothing to overlap or replay, and the figures say so by being about 1x.
@@ -15,8 +16,10 @@ graphs have nothing to overlap or replay, and the figures say so by being about 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +43,7 @@ def _models(gpu: bool, device: torch.device, n: int = 4) -> dict[str, torch.nn.M
             for i in range(n)}
 
 
-async def _multi_model(models: dict, batch: int, rounds: int) -> dict[str, float]:
-    inputs = {name: example_batch(m, batch, device="cpu") for name, m in models.items()}
+async def _multi_model(models: dict, inputs: dict, rounds: int) -> dict[str, float]:
     async with MultiModelServer(models) as server:
         for _ in range(3):  # warm-up: cuDNN, allocator, threads
             await asyncio.gather(*(server.predict(n, x) for n, x in inputs.items()))
@@ -54,22 +56,34 @@ async def _multi_model(models: dict, batch: int, rounds: int) -> dict[str, float
         for _ in range(rounds):
             await asyncio.gather(*(server.predict(n, x) for n, x in inputs.items()))
         together_ms = (time.perf_counter() - t0) / rounds * 1e3
-    return {"models": len(models), "batch": batch, "one_after_another_ms": serial_ms,
-            "together_ms": together_ms, "speedup": serial_ms / together_ms}
+    return {"models": len(models), "one_after_another_ms": serial_ms, "together_ms": together_ms,
+            "speedup": serial_ms / together_ms}
 
 
-def _overlap(model, device: torch.device, batch: int, count: int) -> dict[str, float]:
-    pageable = [example_batch(model, batch, device="cpu", seed=i) for i in range(count)]
+def _interleaved(runs: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Median ms of each run, timed in turns (one of each per round), so that a drift of the
+    host's speed during the measurement (frequent on shared GPU machines) hits them all alike."""
+    for fn in runs.values():
+        fn()  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            samples[name].append(bench(fn, warmup=0, repeat=1, device=device).median_ms)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def _overlap(model, like: torch.nn.Module, device: torch.device, batch: int, count: int) -> dict[str, float]:
+    """``model`` (a module or a `GraphRunner`) over ``count`` host batches shaped for ``like``."""
+    pageable = [example_batch(like, batch, device="cpu", seed=i) for i in range(count)]
     pinned = [x.pin_memory() for x in pageable] if device.type == "cuda" else pageable
-    pipe = StreamPipeline(model, buffers=2)
-    runs = {
+    pipe = StreamPipeline(model, buffers=2, device=device)
+    ms = _interleaved({
         "pageable_loop": lambda: simple_loop(model, pageable, device),
         "pinned_loop": lambda: simple_loop(model, pinned, device),
         "stream_pipeline": lambda: pipe.run(pageable),
-    }
+    }, rounds=9, device=device)
     out: dict[str, float] = {"batch": batch, "batches": count}
-    for name, fn in runs.items():
-        out[f"{name}_img_s"] = batch * count / (bench(fn, warmup=1, repeat=7, device=device).median_ms / 1e3)
+    out |= {f"{name}_img_s": batch * count / (t / 1e3) for name, t in ms.items()}
     out["pinned_vs_pageable"] = out["pinned_loop_img_s"] / out["pageable_loop_img_s"]
     out["pipeline_vs_pageable"] = out["stream_pipeline_img_s"] / out["pageable_loop_img_s"]
     return out
@@ -81,24 +95,31 @@ def _graphs(model, device: torch.device) -> dict[str, float]:
     for n in (1, 32):
         x = example_batch(model, n)
         with torch.no_grad():
-            eager = bench(lambda x=x: model(x), warmup=5, repeat=30, device=device).median_ms
-        graph = bench(lambda x=x: runner(x), warmup=5, repeat=30, device=device).median_ms
-        out |= {f"eager_bs{n}_ms": eager, f"graph_bs{n}_ms": graph, f"speedup_bs{n}": eager / graph}
+            ms = _interleaved({"eager": lambda x=x: model(x), "graph": lambda x=x: runner(x)}, rounds=30, device=device)
+        out |= {f"eager_bs{n}_ms": ms["eager"], f"graph_bs{n}_ms": ms["graph"], f"speedup_bs{n}": ms["eager"] / ms["graph"]}
     return out
 
 
 def run(device: torch.device) -> dict[str, Any]:
     gpu = device.type == "cuda"
+    results: dict[str, Any] = {"device": str(device)}
     models = _models(gpu, device)
-    results: dict[str, Any] = {
-        "device": str(device),
-        "multi_model": asyncio.run(_multi_model(models, batch=8, rounds=20 if gpu else 5)),
-    }
+    for batch in (8, 32):  # small batches leave the GPU room to run several models at once
+        inputs = {name: example_batch(m, batch, device="cpu") for name, m in models.items()}
+        results[f"multi_model_eager_bs{batch}"] = {"batch": batch} | asyncio.run(_multi_model(models, inputs, rounds=20 if gpu else 5))
+        if gpu:  # eager ResNet-50 is launch-bound at these sizes; graphs free the CPU
+            graphed = {name: GraphRunner(m, batch_sizes=(batch,)) for name, m in models.items()}
+            results[f"multi_model_graphs_bs{batch}"] = {"batch": batch} | asyncio.run(_multi_model(graphed, inputs, rounds=20))
+            del graphed
     del models
     fp32 = build_model("resnet50", "full" if gpu else "small", device)
-    # fp32: there compute sets the pace and the copies can hide behind it (in fp16 ResNet-50 is
-    # launch-bound on an H200, which leaves streams little to overlap and makes the figures noisy)
-    results["overlap_fp32"] = _overlap(fp32, device, batch=32 if gpu else 16, count=20 if gpu else 8)
+    batch, count = (32, 20) if gpu else (16, 8)
+    # fp32: compute sets the pace and the copies can hide behind it. Eager, the CPU issuing
+    # ~170 kernels per batch is nearly as slow as the GPU; as a graph, the CPU is free to stage
+    # the next batch, and the overlap shows whole.
+    results["overlap_fp32_eager"] = _overlap(fp32, fp32, device, batch, count)
+    if gpu:
+        results["overlap_fp32_graphs"] = _overlap(GraphRunner(fp32, batch_sizes=(batch,)), fp32, device, batch, count)
     results["graphs_fp32"] = _graphs(fp32, device)
     if gpu:
         results["graphs_fp16"] = _graphs(fp32.half(), device)

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-__all__ = ["DeviceList", "pick_device", "devices", "sync", "describe"]
+__all__ = ["DeviceList", "pick_device", "devices", "sync", "describe", "device_of"]
 
 _SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -104,6 +104,15 @@ def sync(device: str | torch.device | None = None) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def device_of(model: object) -> torch.device:
+    """Where ``model`` runs: its parameters' device, else its ``device`` attribute (`GraphRunner`
+    has one), else the CPU."""
+    params = getattr(model, "parameters", None)
+    if callable(params) and (param := next(params(), None)) is not None:
+        return param.device
+    return torch.device(getattr(model, "device", None) or "cpu")
 
 
 def describe(device: str | torch.device) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from labkit.batching import DynamicBatcher
+from labkit.device import device_of
 from labkit.measure import LatencyStats
 
 __all__ = ["MultiModelServer", "UnknownModelError", "ServerStoppedError"]
@@ -187,7 +188,5 @@ def _to_host(out: Any) -> Any:
 
 
 def _device_of(models: Any) -> torch.device:
-    for m in models:
-        if isinstance(m, nn.Module) and (p := next(m.parameters(), None)) is not None:
-            return p.device
-    return torch.device("cpu")
+    """The first model's device that is not the CPU (a `GraphRunner` says where it runs too)."""
+    return next((d for d in map(device_of, models) if d.type != "cpu"), torch.device("cpu"))

@@ -11,12 +11,13 @@ through pinned host buffers that are allocated once and reused.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from labkit.device import device_of
 from labkit.graphs import GraphRunner
 from labkit.parallel.pipeline import StageEvent
 
@@ -63,11 +64,11 @@ class StreamPipeline:
     caller's stream, so work queued just before ``run`` (weights, inputs) is complete.
     """
 
-    def __init__(self, model: nn.Module, buffers: int = 2, *, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor], buffers: int = 2, *,
+                 device: str | torch.device | None = None) -> None:
         if buffers < 1:
             raise ValueError(f"buffers must be at least 1, got {buffers}")
-        param = next(model.parameters(), None)
-        self.device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+        self.device = torch.device(device) if device is not None else device_of(model)
         self.model = model
         self.buffers = buffers
         self.timeline: list[StageEvent] = []
@@ -146,7 +147,7 @@ class StreamPipeline:
         return results
 
 
-def simple_loop(model: nn.Module, batches: Iterable[torch.Tensor], device: str | torch.device) -> list[torch.Tensor]:
+def simple_loop(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], batches: Iterable[torch.Tensor], device: str | torch.device) -> list[torch.Tensor]:
     """The baseline: one batch at a time, copy in, compute, copy out, all on one stream.
 
     Batches in pinned memory are copied with ``non_blocking=True``, as the guide does; from

@@ -160,8 +160,8 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def _playground_search(name: str, precision: str, budget_bytes: int, device: torch.device, size: str):
-    """One run of `memory_playground`: (`MaxBatch`, weight bytes, the batch the two probes
-    predicted or None, bytes this process already held on the device).
+    """One run of `memory_playground`: (`MaxBatch`, weight bytes, the batch the line through the
+    first two trials predicts or None, bytes this process already held on the device).
 
     On CUDA: real forward passes (`find_max_batch`); what the process already holds there is
     added to the budget, so the budget is this model's own. Elsewhere: the simulated budget
@@ -183,10 +183,11 @@ def _playground_search(name: str, precision: str, budget_bytes: int, device: tor
         model = build_model(name, size, "cpu").to("meta", _DTYPES[precision])
     budget = held + budget_bytes
     found = find_max_batch(model, example_batch(model, 1)[0], budget_bytes=budget)
-    probes = {t.batch: t.peak_bytes for t in found.trials[:2] if t.peak_bytes is not None}
+    first = [t for t in found.trials[:2] if t.fits]
     predicted = None
-    if set(probes) == {1, 2} and probes[2] > probes[1]:  # the line through the probes meets the budget
-        predicted = max(0, 1 + (budget - probes[1]) // (probes[2] - probes[1]))
+    if len(first) == 2 and first[1].peak_bytes > first[0].peak_bytes:  # where their line meets the budget
+        a, b = first
+        predicted = a.batch + (budget - a.peak_bytes) * (b.batch - a.batch) // (b.peak_bytes - a.peak_bytes)
     return found, weight_bytes(model), predicted, held
 
 

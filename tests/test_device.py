@@ -122,3 +122,19 @@ def test_sync_on_cpu_is_a_no_op(device):
 def test_describe_cpu_mentions_threads():
     n = torch.get_num_threads()
     assert describe("cpu") == f"CPU ({n} thread{'s' if n != 1 else ''})"
+
+
+def test_device_of_a_module_a_runner_and_a_plain_function():
+    from labkit.device import device_of
+    from labkit.graphs import GraphRunner
+    from labkit.models import build_model
+
+    model = build_model("mlp", "small").to("meta")
+    assert device_of(model) == torch.device("meta")
+    assert device_of(GraphRunner(build_model("mlp", "small"))) == torch.device("cpu")
+
+    class Remote:
+        device = "cuda:1"
+
+    assert device_of(Remote()) == torch.device("cuda:1")
+    assert device_of(lambda x: x) == torch.device("cpu")

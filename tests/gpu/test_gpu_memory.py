@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
-from labkit.memory import checkpointed, find_max_batch, memory_stats
+from labkit.memory import checkpointed, find_max_batch, memory_stats, training_peak_bytes
 from labkit.models import build_model, example_batch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(180)]
@@ -36,10 +38,11 @@ def test_memory_stats_on_cuda_are_consistent():
 def test_max_batch_under_a_cap_fits_the_next_one_does_not_and_the_allocator_recovers(capped):
     model = build_model("resnet50", "small", device="cuda")
     example = example_batch(model, 1)[0]
+    gc.collect()  # garbage of earlier tests would be freed inside the search and blur the comparison
     before = torch.cuda.memory_allocated()
     result = find_max_batch(model, example, budget_bytes=capped)
     assert result.batch > 2 and not result.simulated
-    assert len(result.trials) <= 8, [(t.batch, t.fits) for t in result.trials]
+    assert len(result.trials) <= 10, [(t.batch, t.fits) for t in result.trials]
     assert torch.cuda.memory_allocated() == before  # nothing left behind by failed trials
     with torch.no_grad():  # the answer runs, and the allocator is not poisoned
         model(example.expand(result.batch, *example.shape).contiguous())
@@ -56,17 +59,21 @@ def test_a_real_out_of_memory_is_a_failed_trial_not_a_crash(capped):
         assert model(example_batch(model, 4)).shape == (4, 1000)
 
 
-def test_checkpointing_lowers_the_training_peak_on_cuda():
-    model = build_model("resnet50", "small", device="cuda")
+def test_checkpointing_lowers_the_training_peak_on_cuda_as_the_meta_count_predicts():
+    model = build_model("resnet50", "full", device="cuda")
     x = example_batch(model, 32)
+    meta = build_model("resnet50", "full", device="meta")
 
     def train_peak(m) -> int:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        m(x).square().mean().backward()
+        m(x).float().square().mean().backward()
         torch.cuda.synchronize()
         model.zero_grad(set_to_none=True)
         return torch.cuda.max_memory_allocated() - base
 
-    assert train_peak(checkpointed(model, 4)) < 0.6 * train_peak(model)
+    plain, ckpt = train_peak(model), train_peak(checkpointed(model, 4))
+    assert ckpt < 0.5 * plain
+    counted = training_peak_bytes(meta, x.to("meta")), training_peak_bytes(checkpointed(meta, 4), x.to("meta"))
+    assert counted == (pytest.approx(plain, rel=0.05), pytest.approx(ckpt, rel=0.05))

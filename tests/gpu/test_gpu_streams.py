@@ -56,7 +56,8 @@ def test_pipeline_outputs_equal_the_model_in_order(buffers):
 
 def test_copy_in_of_the_next_batch_overlaps_the_compute_of_this_one():
     model = GpuSleep().cuda()
-    batches = [torch.randn(256, 1024, 256) for _ in range(4)]  # 256 MB each: copies take ms
+    # pinned and small (4 MB): no host-side staging or output copy outlasts the 10+ ms of compute
+    batches = [torch.randn(16, 256, 256).pin_memory() for _ in range(4)]
     pipe = StreamPipeline(model, buffers=2)
     outs = pipe.run(batches, record=True)
     assert all(torch.equal(o, b + 1) for o, b in zip(outs, batches, strict=True))
@@ -96,3 +97,23 @@ def test_server_outputs_equal_the_model_on_cuda():
 
     with torch.no_grad():
         torch.testing.assert_close(asyncio.run(main()), model(x.cuda()).cpu(), rtol=1e-4, atol=1e-4)
+
+
+def test_graph_runners_behind_the_pipeline_and_the_server_give_the_models_outputs():
+    from labkit.graphs import GraphRunner
+
+    model = build_model("resnet50", "small", device="cuda")
+    runner = GraphRunner(model, batch_sizes=(4, 8))
+    batches = [example_batch(model, n, device="cpu", seed=n) for n in (8, 3, 8)]
+    with torch.no_grad():
+        expected = [model(x.cuda()).cpu() for x in batches]
+    outs = StreamPipeline(runner, buffers=2).run(batches)  # its device comes from the runner
+
+    async def main():
+        async with MultiModelServer({"g": runner}) as server:
+            assert server.device.type == "cuda"
+            return [await server.predict("g", x) for x in batches]
+
+    for got in (outs, asyncio.run(main())):
+        for out, ref in zip(got, expected, strict=True):
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
