@@ -48,8 +48,8 @@ def run_gpu_tests() -> dict:
             return {"exit_code": proc.returncode, "error": "pytest wrote no report"}
         suite = ET.parse(xml).getroot()
         suite = suite if suite.tag == "testsuite" else suite[0]
-        failed = [c.get("classname", "") + "::" + c.get("name", "") for c in suite.iter("testcase")
-                  if c.find("failure") is not None or c.find("error") is not None]
+        failed = [f"{case.get('classname', '')}::{case.get('name', '')}: {(problem.get('message') or '')[:400]}"
+                  for case in suite.iter("testcase") if (problem := _problem(case)) is not None]
         return {
             "exit_code": proc.returncode,
             "tests": int(suite.get("tests", 0)),
@@ -58,6 +58,12 @@ def run_gpu_tests() -> dict:
             "failed": failed,
             "seconds": round(time.perf_counter() - t0, 1),
         }
+
+
+def _problem(case: ET.Element) -> ET.Element | None:
+    """A test case's failure or error element (its message says what went wrong), if any."""
+    failure = case.find("failure")
+    return failure if failure is not None else case.find("error")
 
 
 def main() -> int:

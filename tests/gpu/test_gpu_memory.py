@@ -43,7 +43,9 @@ def test_max_batch_under_a_cap_fits_the_next_one_does_not_and_the_allocator_reco
     result = find_max_batch(model, example, budget_bytes=capped)
     assert result.batch > 2 and not result.simulated
     assert len(result.trials) <= 10, [(t.batch, t.fits) for t in result.trials]
-    assert torch.cuda.memory_allocated() == before  # nothing left behind by failed trials
+    # nothing left behind by failed trials (a trial's activations are megabytes; the allocator's
+    # own bookkeeping may move a block of 512 bytes)
+    assert abs(torch.cuda.memory_allocated() - before) < 2**20
     with torch.no_grad():  # the answer runs, and the allocator is not poisoned
         model(example.expand(result.batch, *example.shape).contiguous())
     next_one = [t for t in result.trials if t.batch == result.batch + 1]
