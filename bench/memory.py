@@ -30,6 +30,7 @@ from labkit.memory import (  # noqa: E402
     compare_precisions,
     find_max_batch,
     make_trial,
+    memory_cap,
     saved_for_backward_bytes,
     training_peak_bytes,
     weight_bytes,
@@ -42,22 +43,16 @@ SEGMENTS = (2, 4, 8)
 
 
 def _capped_search(model, example, device: torch.device) -> dict[str, Any]:
-    total = torch.cuda.mem_get_info(device)[1]
-    fraction = CAP_BYTES / total
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
-    try:
-        ours = find_max_batch(model, example, device, budget_bytes=int(fraction * total))
+    with memory_cap(CAP_BYTES, device):  # every search below runs against the same real limit
+        ours = find_max_batch(model, example, device, budget_bytes=CAP_BYTES)
         t0 = time.perf_counter()
         guide_batch, guide_trials = guide_optimize_batch_size(model, tuple(example.shape), str(device), start_size=4096)
         guide_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        clean = guide_search_steps(make_trial(model, example, device, budget_bytes=int(fraction * total)), 4096)
+        clean = guide_search_steps(make_trial(model, example, device, budget_bytes=CAP_BYTES), 4096)
         clean_s = time.perf_counter() - t0
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
-        torch.cuda.empty_cache()
     return {
-        "fraction": fraction, "budget_bytes": int(fraction * total),
+        "fraction": CAP_BYTES / torch.cuda.mem_get_info(device)[1], "budget_bytes": CAP_BYTES,
         "ours": {"batch": ours.batch, "trials": len(ours.trials), "seconds": ours.seconds,
                  "trial_log": [asdict(t) for t in ours.trials]},
         "guide": {"batch": guide_batch, "trials": guide_trials, "seconds": guide_s, "start_size": 4096},
@@ -93,13 +88,7 @@ def run(device: torch.device) -> dict[str, Any]:
     out: dict[str, Any] = {"model": f"resnet50 ({'full' if gpu else 'small'}), fp32"}
     if gpu:
         out["resnet50_fp32_capped"] = _capped_search(model, example, device)
-        budget = out["resnet50_fp32_capped"]["budget_bytes"]
-        torch.cuda.set_per_process_memory_fraction(out["resnet50_fp32_capped"]["fraction"], device)
-        try:
-            rows = compare_precisions(model, budget, channels_last=(False, True))
-        finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
-            torch.cuda.empty_cache()
+        rows = compare_precisions(model, CAP_BYTES, channels_last=(False, True))  # each search under the cap
     else:  # simulated: weights plus measured activations against a budget, no device limit
         budget = weight_bytes(model) + 64 * MIB
         ours = find_max_batch(model, example, budget_bytes=budget)

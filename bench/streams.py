@@ -1,6 +1,7 @@
 """Benchmark for lessons 05-06: several models at once, copy/compute overlap, CUDA graphs.
 
-Each comparison runs in one process, its variants timed in turns, on the device present:
+Each comparison runs in one process on the device present; the variants of the overlap and graph
+comparisons are timed in turns (one of each per round), the multi-model rounds back to back:
 - four models served one after another vs together by `MultiModelServer` (a stream and a thread
   each), at batch 8 and 32, eager and (GPU) as CUDA graphs;
 - fp32 batches from host memory: a plain loop from pageable memory (the guide), the same loop from

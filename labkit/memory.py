@@ -9,6 +9,7 @@ refits where it is measured, until n fits and n + 1 provably does not.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gc
@@ -16,7 +17,7 @@ import itertools
 import math
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -42,6 +43,7 @@ __all__ = [
     "search_max_batch",
     "make_trial",
     "find_max_batch",
+    "memory_cap",
     "PrecisionRow",
     "compare_precisions",
 ]
@@ -203,15 +205,32 @@ def training_peak_bytes(model: nn.Module, example: torch.Tensor) -> int:
     ``example``, weights excluded, gradients included: what checkpointing is meant to lower.
 
     Counted as ops create tensors and Python frees them (as `activation_memory` does), so it
-    runs on a CPU and on the meta device, and matches what a GPU's allocator reports."""
-    existing = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers(), example)}
-    tracker = _LiveBytes(existing)
-    try:
+    runs on a CPU and on the meta device, and matches what a GPU's allocator reports. The model
+    is left as it was: its gradients and buffers (BatchNorm statistics) are put back."""
+    with _untouched(model):
+        existing = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers(), example)}
+        tracker = _LiveBytes(existing)
         with torch.enable_grad(), tracker:
             model(example).float().square().mean().backward()
-    finally:
-        model.zero_grad(set_to_none=True)
     return tracker.peak
+
+
+@contextlib.contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Run a measuring pass without leaving a trace: gradients start empty and are put back, and
+    so are the buffers a training-mode pass updates (BatchNorm's running statistics)."""
+    grads = [(p, p.grad) for p in model.parameters()]
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    for p, _ in grads:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, grad in grads:
+            p.grad = grad
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
 
 
 class Checkpointed(nn.Module):
@@ -221,8 +240,8 @@ class Checkpointed(nn.Module):
     backward pass one segment at a time holds its activations again, so the largest segment sets
     the peak. Stages of blocks (ResNet's ``layer1``…``layer4``) are cut between blocks. Cutting
     into equal numbers of layers instead puts most of ResNet-50's bytes, its early
-    high-resolution blocks, in one segment (measured on an H200, batch 32, 4 segments: 2.07 GiB
-    at the training peak against 1.09 GiB balanced, from 2.62 GiB without checkpointing).
+    high-resolution blocks, in one segment (measured on an H200, batch 32, 4 segments: 2,039 MiB
+    at the training peak against 1,106 MiB balanced, from 2,680 MiB without checkpointing).
     """
 
     def __init__(self, model: nn.Module, segments: int) -> None:
@@ -231,7 +250,8 @@ class Checkpointed(nn.Module):
                   for part in (layer if isinstance(layer, nn.Sequential) else [layer])]
         if not 1 <= segments <= len(layers):
             raise ValueError(f"segments must be between 1 and {len(layers)} (the model's blocks), got {segments}")
-        sizes = _saved_bytes_per_layer(layers, example_batch(model, 1))
+        with _untouched(model):
+            sizes = _saved_bytes_per_layer(layers, example_batch(model, 1))
         bounds = _balanced_bounds(sizes, segments)
         self.segments = nn.ModuleList(nn.Sequential(*layers[a:b]) for a, b in itertools.pairwise(bounds))
         self.input_spec = getattr(model, "input_spec", None)
@@ -327,14 +347,17 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
     the prediction lands just under the cap, and a last step proves n + 1 does not fit. Where
     the ratio was measured far from the cap and still fits, the next guess aims halfway to where
     the tensors alone would fill the budget. Out of memory leaves no peak, so the next guess
-    falls back to the line or bisects; on a CPU a simulated trial that overflows has its peak,
-    and the secant across the budget is used, bisecting whenever a step fails to halve the
-    bracket. ResNet-50 fp32 on the H200 (recorded curve): 5 trials; fp16, bf16, channels-last: 8-10.
-    ``base_bytes``: what is held before any input (the weights), so that the scout is sized by
-    what one input adds.
+    falls back to the line; a simulated trial that overflows keeps its peak, and the secant
+    across the budget is used. Two slow predicted steps in a row (a closed bracket not halved, an
+    open one grown by less than an eighth) make the next step a bisection (or a doubling), so a
+    curve the line misreads costs a few binary searches at worst. Recorded H200 curves:
+    fp32 5 trials, fp32 channels-last 5, fp16 12, bf16 9. ``base_bytes``: what is held before
+    any input (the weights), so that the scout is sized by what one input adds.
     """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     result = MaxBatch(0, budget_bytes=budget_bytes, limit=limit)
-    fitted: dict[int, tuple[int, int]] = {}  # n -> (peak, allocated)
+    fitted: dict[int, tuple[int, int]] = {}  # n -> (peak, allocated), for fits that measured a peak
     over: dict[int, int] = {}  # n -> peak, for trials over budget that still measured one
     lo, hi = 0, limit + 1  # lo fits (0: nothing yet); hi does not (limit + 1: nothing failed yet)
 
@@ -344,7 +367,8 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
         result.trials.append(t)
         if t.fits:
             lo = max(lo, n)
-            fitted[n] = (t.peak_bytes, t.allocated_bytes if t.allocated_bytes is not None else t.peak_bytes)
+            if t.peak_bytes:
+                fitted[n] = (t.peak_bytes, t.allocated_bytes if t.allocated_bytes is not None else t.peak_bytes)
         else:
             hi = min(hi, n)
             if t.peak_bytes is not None:
@@ -352,11 +376,11 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
 
     def predicted() -> float | None:
         b, (peak, alloc) = max(fitted.items())
-        if hi in over:  # a peak on each side of the budget: the secant between them
+        if hi in over and over[hi] > peak:  # a peak on each side of the budget: the secant between them
             return b + (budget_bytes - peak) * (hi - b) / (over[hi] - peak)
         a = max(n for n in fitted if n < b)
         slope = (alloc - fitted[a][1]) / (b - a)
-        if slope <= 0:
+        if slope <= 0 or alloc <= 0:
             return None
         at_ratio = b + (budget_bytes * alloc / peak - alloc) / slope
         last = result.trials[-1]
@@ -368,12 +392,12 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
     if lo in (0, limit):  # nothing fits, or the limit is 1
         result.batch = lo
         return result
-    per_input = max(1, fitted[1][1] - base_bytes)  # an overestimate: fixed costs count as the input's
+    per_input = max(1, fitted[1][1] - base_bytes) if 1 in fitted else 1  # over: fixed costs count as the input's
     attempt(min(limit, max(2, (budget_bytes - base_bytes) // per_input // 2)))
-    bisect_next = False
+    slow = 0  # predicted steps in a row that made little progress
     while hi - lo > 1:
-        width = hi - lo
-        guess = None if bisect_next or len(fitted) < 2 else predicted()
+        width, start = hi - lo, lo
+        guess = None if slow >= 2 or len(fitted) < 2 or lo not in fitted else predicted()
         if guess is None:
             n = (lo + hi) // 2 if hi <= limit else min(limit, 2 * lo)
         elif guess >= hi:  # a failure contradicts the line; past the limit means: try the limit
@@ -383,7 +407,12 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
             pressed = fitted[lo][0] >= PRESSED * budget_bytes
             n = min(max(math.ceil(guess) if pressed else math.floor(guess), lo + 1), hi - 1)
         attempt(n)
-        bisect_next = hi in over and (hi - lo) * 2 > width and not bisect_next
+        if guess is None:  # after a forced step, the next slow prediction forces another
+            slow = min(slow, 1)
+        elif hi <= limit:
+            slow = slow + 1 if (hi - lo) * 2 > width else 0
+        else:
+            slow = slow + 1 if lo - start < max(2, start // 8) else 0
     result.batch = lo
     return result
 
@@ -394,9 +423,43 @@ def _timed(run: Callable[[], tuple[int, int]], budget_bytes: int | None, n: int,
     try:
         peak, allocated = run()
     except torch.cuda.OutOfMemoryError:
+        peak = allocated = None
+    if peak is None:  # out of the except block: the error's frames, which hold the batch, are gone
         on_oom()
         return Trial(n, False, None, time.perf_counter() - t0)
     return Trial(n, budget_bytes is None or peak <= budget_bytes, peak, time.perf_counter() - t0, allocated)
+
+
+_CAPS: dict[torch.device, list[float]] = {}  # per device, the memory_cap fractions now in force
+
+
+@contextlib.contextmanager
+def memory_cap(budget_bytes: int, device: str | torch.device = "cuda") -> Iterator[None]:
+    """While inside, this process may reserve at most ``budget_bytes`` on the CUDA ``device``
+    (`torch.cuda.set_per_process_memory_fraction`).
+
+    A budget must be a real limit for a max-batch search: only when the caching allocator is
+    pressed does it give back its cache and pack tighter, so without the cap reserved memory
+    reaches a budget long before the batch stops fitting (ResNet-50 fp16 on an H200: 1.7x the
+    tensors' bytes unpressed, 1.2x at the cap). Caps nest; an inner one never loosens an outer
+    one, and on the way out the outer one (or none) is back. Use this rather than setting the
+    fraction by hand around labkit calls, which restore the fraction they found in this stack.
+    """
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    stack = _CAPS.setdefault(device, [])
+    fraction = min(1.0, budget_bytes / torch.cuda.mem_get_info(device)[1], *stack[-1:])
+    gc.collect()
+    torch.cuda.empty_cache()  # what the cache holds beyond the cap would count against it
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    stack.append(fraction)
+    try:
+        yield
+    finally:
+        stack.pop()
+        torch.cuda.set_per_process_memory_fraction(stack[-1] if stack else 1.0, device)
+        torch.cuda.empty_cache()
 
 
 def find_max_batch(
@@ -409,17 +472,24 @@ def find_max_batch(
     channels_last: bool = False,
 ) -> MaxBatch:
     """The largest batch of ``example`` (one input, no batch dimension) that ``model`` can run,
-    found by `search_max_batch` with the trials of `make_trial`."""
+    found by `search_max_batch` with the trials of `make_trial`.
+
+    On CUDA with ``budget_bytes``, the search runs under `memory_cap` (the budget is a real
+    limit); without, the limit is the device's. The answer is exact with no headroom: right at
+    the cap, what fits depends on how the cache happens to be laid out, so serve a little below.
+    """
     device = _device_of(model, device)
-    budget_bytes = _budget(device, budget_bytes)
-    trial = make_trial(model, example, device, budget_bytes=budget_bytes, channels_last=channels_last)
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)  # the weights and whatever else this process holds
-    else:
-        base = weight_bytes(model)
-    result = search_max_batch(trial, budget_bytes, limit=limit, base_bytes=base)
+    real_limit = device.type == "cuda" and budget_bytes is not None
+    with memory_cap(budget_bytes, device) if real_limit else contextlib.nullcontext():
+        budget_bytes = _budget(device, budget_bytes)
+        trial = make_trial(model, example, device, budget_bytes=budget_bytes, channels_last=channels_last)
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated(device)  # the weights and whatever else this process holds
+        else:
+            base = weight_bytes(model)
+        result = search_max_batch(trial, budget_bytes, limit=limit, base_bytes=base)
     result.simulated = device.type != "cuda"
     return result
 
@@ -476,7 +546,7 @@ def _cuda_trial(model: nn.Module, example: torch.Tensor, device: torch.device, b
         # tensors occupy); allocated is what grows linearly, for the search's line.
         return torch.cuda.max_memory_reserved(device), torch.cuda.max_memory_allocated(device)
 
-    def recover() -> None:  # the failed batch's tensors died with the exception's frames
+    def recover() -> None:  # the failed batch's tensors died with the exception's frames: free them
         gc.collect()
         torch.cuda.empty_cache()
 

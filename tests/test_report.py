@@ -18,6 +18,9 @@ from labkit.report import compare, run_report
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# The first test that asks for `course` runs every lesson in its setup (about 2.5 minutes on two
+# cores); each lesson has its own 300 s limit inside run_report, so this only bounds the whole.
+COURSE_TIMEOUT_S = 300 * len(LESSONS)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,7 @@ def course(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(COURSE_TIMEOUT_S)
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_every_lesson_runs_records_figures_and_draws(course, path):
     folder, runs = course
@@ -45,6 +49,7 @@ def test_every_lesson_runs_records_figures_and_draws(course, path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(COURSE_TIMEOUT_S)
 def test_index_shows_every_figure_every_plot_and_the_machine(course):
     folder, runs = course
     page = (folder / "index.html").read_text()
@@ -126,6 +131,7 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(COURSE_TIMEOUT_S)
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
 def test_the_report_renders_in_a_real_browser(course, tmp_path):
     import matplotlib.image

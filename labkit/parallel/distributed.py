@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sys
 import time
 from collections.abc import Sequence
 
@@ -114,3 +115,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    # Some of PyTorch's communication threads outlive the process group, and one of them now and
+    # then aborts the process as it exits ("terminate called without an active exception": 2 of
+    # 90 pipeline runs on two CPU processes). Everything is written by now: leave without the
+    # C++ destructors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -11,6 +11,7 @@ from labkit.memory import (
     checkpointed,
     find_max_batch,
     make_trial,
+    memory_cap,
     memory_stats,
     training_peak_bytes,
 )
@@ -24,12 +25,8 @@ CAP = 2 * 2**30
 @pytest.fixture
 def capped():
     """The process may reserve at most CAP bytes on the device while the test runs."""
-    total = torch.cuda.mem_get_info()[1]
-    torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(CAP / total)
-    yield CAP
-    torch.cuda.set_per_process_memory_fraction(1.0)
-    torch.cuda.empty_cache()
+    with memory_cap(CAP):
+        yield CAP
 
 
 def test_memory_stats_on_cuda_are_consistent():
