@@ -43,16 +43,16 @@ SEGMENTS = (2, 4, 8)
 
 
 def _capped_search(model, example, device: torch.device) -> dict[str, Any]:
-    with memory_cap(CAP_BYTES, device):  # every search below runs against the same real limit
-        ours = find_max_batch(model, example, device, budget_bytes=CAP_BYTES)
+    with memory_cap(CAP_BYTES, device) as limit:  # every search below runs against the same real limit
+        ours = find_max_batch(model, example, device, budget_bytes=limit)
         t0 = time.perf_counter()
         guide_batch, guide_trials = guide_optimize_batch_size(model, tuple(example.shape), str(device), start_size=4096)
         guide_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        clean = guide_search_steps(make_trial(model, example, device, budget_bytes=CAP_BYTES), 4096)
+        clean = guide_search_steps(make_trial(model, example, device, budget_bytes=limit), 4096)
         clean_s = time.perf_counter() - t0
     return {
-        "fraction": CAP_BYTES / torch.cuda.mem_get_info(device)[1], "budget_bytes": CAP_BYTES,
+        "fraction": limit / torch.cuda.mem_get_info(device)[1], "budget_bytes": limit,
         "ours": {"batch": ours.batch, "trials": len(ours.trials), "seconds": ours.seconds,
                  "trial_log": [asdict(t) for t in ours.trials]},
         "guide": {"batch": guide_batch, "trials": guide_trials, "seconds": guide_s, "start_size": 4096},
