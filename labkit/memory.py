@@ -377,27 +377,31 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
             if t.peak_bytes is not None:
                 over[n] = t.peak_bytes
 
-    def predicted() -> float | None:
+    def line() -> tuple[int, int, int, float] | None:
+        """The largest fit (batch, peak, allocated) and the allocated bytes per input through the
+        two largest fits; None while that slope is not positive."""
         b, (peak, alloc) = max(fitted.items())
-        if hi in over and over[hi] > peak:  # a peak on each side of the budget: the secant between them
-            return b + (budget_bytes - peak) * (hi - b) / (over[hi] - peak)
         a = max(n for n in fitted if n < b)
         slope = (alloc - fitted[a][1]) / (b - a)
-        if slope <= 0 or alloc <= 0:
+        return (b, peak, alloc, slope) if slope > 0 and alloc > 0 else None
+
+    def predicted() -> float | None:
+        b, (peak, _) = max(fitted.items())
+        if hi in over and over[hi] > peak:  # a peak on each side of the budget: the secant between them
+            return b + (budget_bytes - peak) * (hi - b) / (over[hi] - peak)
+        if (fit := line()) is None:
             return None
+        b, peak, alloc, slope = fit
         at_ratio = b + (budget_bytes * alloc / peak - alloc) / slope
         last = result.trials[-1]
         if last.fits and last.batch == b and len(result.trials) > 2 and peak < PRESSED * budget_bytes:
-            return (at_ratio + b + (budget_bytes - alloc) / slope) / 2  # the ratio fell: aim higher
+            return (at_ratio + tensor_bound(fit)) / 2  # the ratio fell: aim higher
         return at_ratio
 
-    def _tensor_bound() -> float | None:  # where allocated bytes alone reach the budget
-        if len(fitted) < 2:
-            return None
-        b, (_, alloc) = max(fitted.items())
-        a = max(n for n in fitted if n < b)
-        slope = (alloc - fitted[a][1]) / (b - a)
-        return b + (budget_bytes - alloc) / slope if slope > 0 else None
+    def tensor_bound(fit: tuple[int, int, int, float]) -> float:
+        """Where the allocated bytes alone would reach the budget: past it nothing fits."""
+        b, _, alloc, slope = fit
+        return b + (budget_bytes - alloc) / slope
 
     attempt(1)
     if lo in (0, limit):  # nothing fits, or the limit is 1
@@ -414,7 +418,8 @@ def search_max_batch(trial: Callable[[int], Trial], budget_bytes: int, *, limit:
         if guess is None and hi <= limit:
             n = (lo + hi) // 2
         elif guess is None:  # nothing failed yet: up to where the tensors alone would fill the budget
-            n = min(limit, max(lo + 1, min(2 * lo, math.floor(_tensor_bound() or 2 * lo))))
+            fit = line() if len(fitted) > 1 else None
+            n = min(limit, max(lo + 1, min(2 * lo, math.floor(tensor_bound(fit)) if fit else 2 * lo)))
         elif guess >= hi:  # a failure contradicts the line; past the limit means: try the limit
             n = (lo + hi) // 2 if hi <= limit else limit
         else:
