@@ -36,6 +36,7 @@ def test_committed_notebook_is_clean(path: Path):
             assert cell.outputs == [], f"{path.name}: a code cell has outputs committed"
             assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    _parameters_cell(nb)  # papermill's injection point, in exercises too
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)

@@ -146,7 +146,12 @@ def _variant(cells: dict[int, str] | None = None, extra: list[str] | None = None
     return nb
 
 
-SPLIT, GATHER = 1, 3  # code cells defining split_sizes and gather in solution 03
+def _code_cell_defining(name: str) -> int:
+    code = [c for c in nbformat.read(SOLUTION_03, as_version=4).cells if c.cell_type == "code"]
+    return next(i for i, c in enumerate(code) if f"def {name}(" in c.source)
+
+
+SPLIT = _code_cell_defining("split_sizes")  # in solution 03
 GOOD_SPLIT = "def split_sizes(n, k):\n    base, extra = divmod(n, k)\n    return [base + 1 if i < extra else base for i in range(k)]"
 
 ZOO: dict[str, nbformat.NotebookNode | str] = {
