@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from labkit.device import device_of
 from labkit.models import InputSpec, input_spec_of
 
 __all__ = ["GraphRunner"]
@@ -45,8 +46,7 @@ class GraphRunner:
         sizes = sorted(set(batch_sizes))
         if not sizes or sizes[0] < 1:
             raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
-        param = next(model.parameters(), None)
-        self.device = param.device if param is not None else torch.device("cpu")
+        self.device = device_of(model)
         self.model = model
         self.batch_sizes = tuple(sizes)
         if sample is None:

@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.checkpoint import checkpoint
 
+from labkit.device import device_of
 from labkit.models import example_batch, sequential_layers
 
 __all__ = [
@@ -469,8 +470,7 @@ def memory_cap(budget_bytes: int, device: str | torch.device = "cuda") -> Iterat
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"memory_cap limits a CUDA device, got {device}")
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = _indexed(device)
     stack = _CAPS.setdefault(device, [])
     enclosing = stack[-1] if stack else _fraction_in_force(device)
     total = torch.cuda.mem_get_info(device)[1]
@@ -485,6 +485,11 @@ def memory_cap(budget_bytes: int, device: str | torch.device = "cuda") -> Iterat
         stack.pop()
         torch.cuda.set_per_process_memory_fraction(enclosing, device)
         torch.cuda.empty_cache()
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:<current>``: the key under which caps on that device are kept."""
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
 def _fraction_in_force(device: torch.device) -> float:
@@ -509,7 +514,7 @@ def find_max_batch(
     limit); without, the limit is the device's. The answer is exact with no headroom: right at
     the cap, what fits depends on how the cache happens to be laid out, so serve a little below.
     """
-    device = _device_of(model, device)
+    device = torch.device(device) if device is not None else device_of(model)
     real_limit = device.type == "cuda" and budget_bytes is not None
     with memory_cap(budget_bytes, device) if real_limit else contextlib.nullcontext() as cap_bytes:
         budget_bytes = _budget(device, budget_bytes if cap_bytes is None else min(budget_bytes, cap_bytes))
@@ -537,18 +542,12 @@ def make_trial(model: nn.Module, example: torch.Tensor, device: str | torch.devi
     so without computing) stay within ``budget_bytes``, which is then required.
     ``channels_last``: batches in NHWC layout (for a model converted with the same format).
     """
-    device = _device_of(model, device)
+    device = torch.device(device) if device is not None else device_of(model)
     budget_bytes = _budget(device, budget_bytes)
     if device.type == "cuda":
         return _cuda_trial(model, example, device, budget_bytes, channels_last)
     return _simulated_trial(model, example, budget_bytes, channels_last)
 
-
-def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else "cpu"
-    return torch.device(device)
 
 
 def _budget(device: torch.device, budget_bytes: int | None) -> int:
@@ -556,8 +555,7 @@ def _budget(device: torch.device, budget_bytes: int | None) -> int:
         return budget_bytes
     if device.type == "cuda":  # what is free, what the cache holds, and no more than a cap in force
         available = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        caps = _CAPS.get(torch.device("cuda", index))
+        caps = _CAPS.get(_indexed(device))
         return min(available, int(caps[-1] * torch.cuda.mem_get_info(device)[1])) if caps else available
     raise ValueError("without a GPU, a max-batch search needs budget_bytes= (a simulated memory budget)")
 

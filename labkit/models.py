@@ -14,6 +14,8 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from labkit.device import device_of
+
 __all__ = [
     "InputSpec",
     "MLP",
@@ -257,9 +259,7 @@ def example_batch(model: nn.Module, n: int, *, device: str | torch.device | None
         raise ValueError(f"{type(model).__name__} has no input_spec; build it with labkit.models")
     if n < 1:
         raise ValueError(f"batch size must be at least 1, got {n}")
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+    device = device if device is not None else device_of(model)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     shape = (n, *spec.shape)
     if spec.dtype.is_floating_point:

@@ -29,6 +29,7 @@ from labkit.batching.engine import BatchRunner
 from labkit.batching.errors import BatcherError, BatcherStoppedError, QueueFullError
 from labkit.batching.queues import DROPPED, FifoQueue, PriorityQueues, Request
 from labkit.batching.stats import BatcherStats
+from labkit.device import device_of
 from labkit.models import InputSpec, input_spec_of
 
 __all__ = ["Batcher", "FEED_DEPTH"]
@@ -76,13 +77,11 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.max_inflight = max_inflight
+        self.device = torch.device(device) if device is not None else device_of(fn_or_model)
         if isinstance(fn_or_model, nn.Module):
-            param = next(fn_or_model.parameters(), None)
-            self.device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
             fn_or_model = fn_or_model.to(self.device).eval()
             input_spec = input_spec or input_spec_of(fn_or_model)
         else:  # a callable such as GraphRunner may say where it runs and what it takes
-            self.device = torch.device(device or getattr(fn_or_model, "device", None) or "cpu")
             input_spec = input_spec or getattr(fn_or_model, "input_spec", None)
         self.fn = fn_or_model
         self.input_spec = input_spec
