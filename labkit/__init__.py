@@ -10,11 +10,12 @@ from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["GPUMonitor", "LatencyStats", "Timer", "bench", "devices", "pick_device", "record", "sync"]
+__all__ = ["GPUMonitor", "LatencyStats", "Timer", "bench", "claim", "devices", "pick_device", "record", "sync"]
 
 _HOME = {"devices": "labkit.device", "pick_device": "labkit.device", "sync": "labkit.device",
          "GPUMonitor": "labkit.measure", "LatencyStats": "labkit.measure", "Timer": "labkit.measure",
-         "bench": "labkit.measure", "record": "labkit.recording"}
+         "bench": "labkit.measure", "record": "labkit.recording",
+         "claim": "labkit.claims"}
 
 
 def __getattr__(name: str) -> Any:

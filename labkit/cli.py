@@ -176,7 +176,7 @@ def _grade(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from labkit.report import compare, run_report
+    from labkit.report import compare, failed_claims, run_report
 
     if args.compare:
         print(compare(*args.compare))
@@ -197,7 +197,12 @@ def _report(args: argparse.Namespace) -> int:
     folder, runs = run_report(notebooks, args.out, device=args.device, size=args.size, params=params,
                               timeout_s=args.timeout)
     failed = [r for r in runs if r.status != "ok"]
-    print(f"report: {folder / 'index.html'} ({len(runs) - len(failed)} of {len(runs)} notebooks ran)")
+    claims = sum(len(r.claims) for r in runs)
+    unheld = failed_claims(runs)
+    print(f"report: {folder / 'index.html'} ({len(runs) - len(failed)} of {len(runs)} notebooks ran; "
+          f"{claims - len(unheld)} of {claims} claims held)")
+    for name, c in unheld:  # information for the instructor, not a failure of the run
+        print(f"  did not hold: {name}: {c['statement']}" + (f" (recorded on {c['source']})" if c["source"] else ""))
     for r in failed:
         print(f"  failed: {r.name}" + (f", cell In [{r.failed_cell}]" if r.failed_cell is not None else "") + f": {r.error}",
               file=sys.stderr)

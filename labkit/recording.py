@@ -15,12 +15,15 @@ __all__ = ["MIME", "record"]
 MIME = "application/vnd.labkit.record+json"
 
 
-def record(name: str, value: Any, unit: str = "", *, reference: str | None = None) -> Any:
+def record(name: str, value: Any, unit: str = "", *, reference: str | None = None,
+           reference_label: str = "") -> Any:
     """Record ``value`` (a number, or a short text) under ``name``; return it unchanged.
 
     ``reference``: the dotted path of the matching figure in bench/results (for example
-    ``"batching.resnet50_gpu.fp32_graph.batcher_vs_direct"``), shown beside it in the report with
-    the card that measured it. Outside IPython (a plain script) nothing is displayed.
+    ``"batching.resnet50_gpu.fp32_graph.batcher_vs_direct"``), shown beside it in the report as
+    the median and range over the recorded runs, with the card. ``reference_label`` says what
+    that figure is (model, size, precision, eager or graph), since it is rarely exactly what a
+    CPU run measured. Outside IPython (a plain script) nothing is displayed.
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"a recorded figure needs a name, got {name!r}")
@@ -39,6 +42,7 @@ def record(name: str, value: Any, unit: str = "", *, reference: str | None = Non
         return value
     if get_ipython() is not None:
         shown = f"{stored:,.4g}" if isinstance(stored, float) else str(stored)
-        display({MIME: {"name": name, "value": stored, "unit": unit, "reference": reference},
+        display({MIME: {"name": name, "value": stored, "unit": unit, "reference": reference,
+                       "reference_label": reference_label},
                  "text/plain": f"recorded {name} = {shown} {unit}".rstrip()}, raw=True)
     return value

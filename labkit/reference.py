@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import statistics
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["RecordedRun", "results_dir", "recorded_runs", "lookup", "card_name", "save_results"]
+__all__ = ["RecordedRun", "Spread", "results_dir", "recorded_runs", "lookup", "spread", "card_name", "save_results"]
 
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 
@@ -64,17 +65,85 @@ def recorded_runs(directory: Path | None = None, *, gpu_only: bool = True) -> li
     return [r for r in runs if r.is_gpu or not gpu_only]
 
 
+_MISSING = object()
+
+
+def _at(run: RecordedRun, key_path: str) -> Any:
+    node: Any = run.data.get("results", run.data)
+    for part in key_path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
 def lookup(key_path: str, directory: Path | None = None) -> tuple[Any, RecordedRun] | None:
     """The newest recorded value at a dotted path such as ``"cuda_graph.eager_bs1_ms"``."""
     for run in reversed(recorded_runs(directory)):
-        node: Any = run.data.get("results", run.data)
-        for part in key_path.split("."):
-            if not isinstance(node, dict) or part not in node:
-                break
-            node = node[part]
-        else:
+        if (node := _at(run, key_path)) is not _MISSING:
             return node, run
     return None
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One quantity as recorded by several runs on one card: shown as a median and its range."""
+
+    values: tuple[float, ...]
+    runs: tuple[RecordedRun, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def lo(self) -> float:
+        return min(self.values)
+
+    @property
+    def hi(self) -> float:
+        return max(self.values)
+
+    @property
+    def card(self) -> str:
+        return self.runs[0].card
+
+    @property
+    def source(self) -> str:
+        """Card, dates and the runs by file name: what a claim's ``recorded`` names."""
+        dates = sorted({r.date for r in self.runs})
+        names = ", ".join(r.path.stem for r in self.runs)
+        return f"{self.card}, {'/'.join(dates)}, {len(self.runs)} run{'s' * (len(self.runs) > 1)}: {names}"
+
+    def text(self, fmt: str | None = None, unit: str = "") -> str:
+        """"5.53 ms (median of 3 runs, 4.46–8.35)", or the one value when only one run recorded it."""
+        def show(v: float) -> str:
+            return fmt.format(v) if fmt else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+        unit = f" {unit}" if unit else ""
+        if len(self.values) == 1:
+            return f"{show(self.values[0])}{unit} (1 run)"
+        return f"{show(self.median)}{unit} (median of {len(self.values)} runs, {show(self.lo)}–{show(self.hi)})"
+
+
+def spread(*key_paths: str, directory: Path | None = None) -> Spread | None:
+    """Every GPU run's value of one quantity, which older and newer files store under different paths.
+
+    Each run contributes the value at the first of ``key_paths`` it has (a number); runs of the
+    newest run's card only, so figures of two cards are never mixed. None when no run has it.
+    """
+    found: list[tuple[float, RecordedRun]] = []
+    for run in recorded_runs(directory):
+        for key_path in key_paths:
+            value = _at(run, key_path)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found.append((float(value), run))
+                break
+    if not found:
+        return None
+    card = found[-1][1].card
+    same = [(v, r) for v, r in found if r.card == card]
+    return Spread(tuple(v for v, _ in same), tuple(r for _, r in same))
 
 
 def card_name(device: str | torch.device) -> str:

@@ -22,10 +22,11 @@ import jinja2
 import nbformat
 from tqdm.auto import tqdm
 
+from labkit.claims import MIME as CLAIM_MIME
 from labkit.recording import MIME
-from labkit.reference import lookup
+from labkit.reference import spread
 
-__all__ = ["NotebookRun", "run_report", "read_figures", "compare"]
+__all__ = ["NotebookRun", "run_report", "read_figures", "compare", "claims_in", "failed_claims"]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class NotebookRun:
     failed_cell: int | None = None  # its execution count: the "In [n]" of the executed notebook
     seconds: float = 0.0
     figures: list[dict[str, Any]] = field(default_factory=list)
+    claims: list[dict[str, Any]] = field(default_factory=list)
     images: list[str] = field(default_factory=list)  # files under the run folder
 
 
@@ -48,6 +50,17 @@ def figures_in(nb: nbformat.NotebookNode) -> list[dict[str, Any]]:
             if MIME in data:
                 found[data[MIME]["name"]] = dict(data[MIME])
     return list(found.values())
+
+
+def claims_in(nb: nbformat.NotebookNode) -> list[dict[str, Any]]:
+    """Every `labkit.claim` output of an executed notebook, in order."""
+    return [dict(out["data"][CLAIM_MIME]) for cell in nb.cells for out in cell.get("outputs", [])
+            if CLAIM_MIME in out.get("data", {})]
+
+
+def failed_claims(runs: list[NotebookRun]) -> list[tuple[str, dict[str, Any]]]:
+    """(notebook, claim) for each claim that did not hold, checked here or on record."""
+    return [(r.name, c) for r in runs for c in r.claims if not c["holds"]]
 
 
 def _save_images(nb: nbformat.NotebookNode, folder: Path, stem: str) -> list[str]:
@@ -99,6 +112,7 @@ def run_report(notebooks: list[Path], out_root: Path, *, device: str = "auto", s
         if executed.exists():
             nb = nbformat.read(executed, as_version=4)
             run.figures = figures_in(nb)
+            run.claims = claims_in(nb)
             run.images = _save_images(nb, folder / "img", path.stem)
             (folder / f"{path.stem}.html").write_text(exporter.from_notebook_node(nb)[0])
         elif not run.error:
@@ -106,13 +120,15 @@ def run_report(notebooks: list[Path], out_root: Path, *, device: str = "auto", s
         runs.append(run)
     for run in runs:
         for fig in run.figures:
-            found = lookup(fig["reference"]) if fig.get("reference") else None
-            if found is not None and isinstance(found[0], (int, float)):
-                fig["reference_value"], fig["reference_card"] = found[0], found[1].label
+            found = spread(fig["reference"]) if fig.get("reference") else None
+            if found is not None:
+                fig["reference_value"], fig["reference_spread"] = found.median, found.text()
+                fig["reference_card"] = found.source
     (folder / "figures.json").write_text(json.dumps(
         {"run": folder.name, "machine": facts, "device": device, "size": size,
          "notebooks": {r.name: asdict(r) for r in runs}}, indent=1, default=str))
-    (folder / "index.html").write_text(_INDEX.render(run=folder.name, facts=facts, runs=runs, size=size))
+    (folder / "index.html").write_text(_INDEX.render(run=folder.name, facts=facts, runs=runs, size=size,
+                                                         unheld=failed_claims(runs)))
     return folder, runs
 
 
@@ -153,9 +169,13 @@ table { border-collapse: collapse; margin: .5rem 0 1.5rem; }
 th, td { border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }
 th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .failed { color: #b00020; font-weight: bold; } .ok { color: #1b5e20; }
+.held { color: #1b5e20; } .unheld { color: #b00020; } .flag { border: 2px solid #b00020; padding: .5rem 1rem; }
 .plots img { max-width: 340px; border: 1px solid #ddd; margin: .3rem; }
 </style></head><body>
 <h1>GPU Inference Lab: report {{ run }}</h1>
+{% if unheld %}<div class="flag"><h2 class="unheld">{{ unheld|length }} claim(s) did not hold</h2><ul>
+{% for nb, c in unheld %}<li><a href="#{{ nb }}">{{ nb }}</a>: {{ c.statement }}{% if c.checked == "recorded" %} (recorded on {{ c.source }}){% endif %}</li>{% endfor %}
+</ul></div>{% endif %}
 <h2>This machine</h2>
 <table>
 <tr><th>device</th><td>{{ facts.device_name }}</td></tr>
@@ -165,10 +185,11 @@ th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: ta
 <tr><th>plan</th><td>{% for line in facts.plan %}{{ line }}<br>{% endfor %}</td></tr>
 </table>
 <h2>Lessons</h2>
-<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>figures</th><th>plots</th></tr>
+<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>figures</th><th>claims held</th><th>plots</th></tr>
 {% for r in runs %}<tr><td><a href="{{ r.name }}.html">{{ r.name }}</a></td>
 <td class="{{ r.status }}">{{ r.status }}{% if r.failed_cell is not none %} (In [{{ r.failed_cell }}]){% endif %}</td>
 <td class="num">{{ "%.1f"|format(r.seconds) }}</td><td class="num">{{ r.figures|length }}</td>
+<td class="num">{{ r.claims|selectattr("holds")|list|length }} / {{ r.claims|length }}</td>
 <td class="num">{{ r.images|length }}</td></tr>{% endfor %}
 </table>
 {% set failed = runs|selectattr("status", "equalto", "failed")|list %}
@@ -177,12 +198,18 @@ th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: ta
 </ul>{% endif %}
 {% for r in runs %}
 <h2 id="{{ r.name }}">{{ r.name }}</h2>
-{% if r.figures %}<table><tr><th>figure</th><th>measured here</th><th>unit</th><th>recorded on a GPU (the lesson names its model and size)</th></tr>
+{% if r.figures %}<table><tr><th>figure</th><th>measured here</th><th>unit</th><th>recorded on a GPU: median (range) over the recorded runs, what was measured, card and runs</th></tr>
 {% for f in r.figures %}<tr><td>{{ f.name }}</td>
 <td class="num">{% if f.value is number %}{{ "{:,.4g}".format(f.value) }}{% else %}{{ f.value }}{% endif %}</td>
 <td>{{ f.unit }}</td>
-<td>{% if f.reference_value is defined %}{{ "{:,.4g}".format(f.reference_value) }} ({{ f.reference_card }}){% endif %}</td></tr>
+<td>{% if f.reference_value is defined %}{{ f.reference_spread }}{% if f.reference_label %}, {{ f.reference_label }}{% endif %} ({{ f.reference_card }}){% endif %}</td></tr>
 {% endfor %}</table>{% else %}<p>No figures recorded.</p>{% endif %}
+{% if r.claims %}<table><tr><th></th><th>claim</th><th>checked</th><th>evidence</th></tr>
+{% for c in r.claims %}<tr><td class="{{ 'held' if c.holds else 'unheld' }}">{{ "✓" if c.holds else "✗" }}</td>
+<td>{{ c.statement }}</td>
+<td>{% if c.checked == "recorded" %}recorded on {{ c.source }}{% else %}on this machine{% endif %}{% if c.applies != "any" %} ({{ c.applies }} claim){% endif %}</td>
+<td>{% for k, v in c.evidence.items() %}{{ k }} = {% if v is number %}{{ "{:,.4g}".format(v) }}{% else %}{{ v }}{% endif %}{% if not loop.last %}; {% endif %}{% endfor %}</td></tr>
+{% endfor %}</table>{% else %}<p>No claims checked.</p>{% endif %}
 <div class="plots">{% for img in r.images %}<a href="{{ img }}"><img src="{{ img }}" alt="{{ r.name }} plot {{ loop.index }}"></a>{% endfor %}</div>
 {% endfor %}
 </body></html>

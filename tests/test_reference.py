@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from labkit.reference import lookup, recorded_runs, results_dir, save_results
+from labkit.reference import lookup, recorded_runs, results_dir, save_results, spread
 
 
 def write(path, data):
@@ -110,3 +110,23 @@ def test_an_unreadable_results_file_is_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="2026-01-02-broken.json"):
         runs = recorded_runs(tmp_path)
     assert [r.card for r in runs] == ["NVIDIA H100"]
+
+
+def test_spread_takes_each_run_once_from_the_first_path_it_has(tmp_path):
+    write(tmp_path / "2026-11-27-h200-anchors.json", {"device": "NVIDIA H200", "old": {"ms": 5.53}})
+    write(tmp_path / "2026-11-27-h200-first.json", {"card": "NVIDIA H200", "results": {"new": {"ms": 8.35}}})
+    write(tmp_path / "2026-11-28-h200.json", {"card": "NVIDIA H200", "results": {"new": {"ms": 4.46}, "old": {"ms": 99}}})
+    s = spread("new.ms", "old.ms", directory=tmp_path)
+    assert s.values == (5.53, 8.35, 4.46)  # the last run has both paths: the first one named wins
+    assert (s.median, s.lo, s.hi) == (5.53, 4.46, 8.35)
+    assert s.text(unit="ms") == "5.53 ms (median of 3 runs, 4.46–8.35)"
+    assert s.source.startswith("NVIDIA H200, 2026-11-27/2026-11-28, 3 runs:") and "h200-anchors" in s.source
+
+
+def test_spread_never_mixes_cards_and_skips_non_numbers(tmp_path):
+    write(tmp_path / "2026-01-01-a100.json", {"card": "NVIDIA A100", "results": {"x": 1.0}})
+    write(tmp_path / "2026-01-02-h200.json", {"card": "NVIDIA H200", "results": {"x": 2.0}})
+    write(tmp_path / "2026-01-03-h200.json", {"card": "NVIDIA H200", "results": {"x": "n/a"}})
+    s = spread("x", directory=tmp_path)
+    assert s.values == (2.0,) and s.card == "NVIDIA H200" and s.text() == "2 (1 run)"
+    assert spread("missing", directory=tmp_path) is None

@@ -38,6 +38,7 @@ def test_every_lesson_runs_records_figures_and_draws(course, path):
     run = runs[path.stem]
     assert run.status == "ok", run.error
     assert run.figures, "a lesson records its key figures with labkit.record"
+    assert len(run.claims) >= 3, "a lesson backs its teaching points with at least three checked claims"
     assert run.images, "a lesson draws at least one plot"
     assert all((folder / image).stat().st_size > 1000 for image in run.images)
     nb = nbformat.read(folder / path.name, as_version=4)
@@ -65,6 +66,27 @@ def test_index_shows_every_figure_every_plot_and_the_machine(course):
     assert set(data["notebooks"]) == set(runs) and data["machine"]["device"] == "cpu"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(COURSE_TIMEOUT_S)
+def test_every_claim_checked_on_this_cpu_held_and_none_is_a_gpu_claim_checked_on_cpu_figures(course):
+    folder, runs = course
+    checked = [(name, c) for name, r in runs.items() for c in r.claims if c["checked"] == "here"]
+    assert checked
+    misplaced = [(name, c["statement"]) for name, c in checked if c["applies"] == "gpu"]
+    assert not misplaced, f"GPU claims 'checked' on a CPU run: {misplaced}"
+    unheld = [f"{name}: {c['statement']} {c['evidence']}" for name, c in checked if not c["holds"]]
+    assert not unheld, "claims this CPU run checked did not hold:\n" + "\n".join(unheld)
+    recorded = [(name, c) for name, r in runs.items() for c in r.claims if c["checked"] == "recorded"]
+    assert all(c["source"] and c["applies"] == "gpu" for _, c in recorded)
+    data = json.loads((folder / "figures.json").read_text())
+    for name, run in runs.items():
+        assert data["notebooks"][name]["claims"] == run.claims
+        assert all({"statement", "holds", "applies", "evidence"} <= c.keys() for c in run.claims)
+    page = (folder / "index.html").read_text()
+    for _, c in checked + recorded:
+        assert str(escape(c["statement"])) in page
+
+
 def _tiny(path: Path, *cells: str) -> Path:
     nb = new_notebook(cells=[new_code_cell(c) for c in cells],
                       metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}})
@@ -83,6 +105,28 @@ def tiny_notebooks(tmp_path):
                 'from labkit import record\nrecord("before the failure", 3)',
                 'raise RuntimeError("deliberate")', 'record("never reached", 4)')
     return good, bad
+
+
+def test_claims_reach_the_page_and_figures_json_and_an_unheld_one_is_flagged_without_failing(tmp_path):
+    nb = _tiny(tmp_path / "12_claims.ipynb", 'device = "auto"\nsize = "small"',
+               'from labkit import claim\nclaim("two beats one", 2 > 1, evidence={"ratio": 2.0})\n'
+               'claim("one beats two", 1 > 2, evidence={"ratio": 0.5})\n'
+               'claim("graphs win 3x", True, applies="gpu", recorded="NVIDIA H200, 2026-11-27, 2 runs: a, b")')
+    out = tmp_path / "reports"
+    cli = subprocess.run([sys.executable, "-m", "labkit.cli", "report", str(nb), "--out", str(out), "--device", "cpu"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr  # a claim that did not hold is information, not a failed run
+    assert "2 of 3 claims held" in cli.stdout and "did not hold: 12_claims: one beats two" in cli.stdout
+    (folder,) = out.iterdir()
+    claims = json.loads((folder / "figures.json").read_text())["notebooks"]["12_claims"]["claims"]
+    assert [(c["statement"], c["holds"], c["applies"], c["checked"]) for c in claims] == [
+        ("two beats one", True, "any", "here"), ("one beats two", False, "any", "here"),
+        ("graphs win 3x", True, "gpu", "recorded")]
+    assert claims[0]["evidence"] == {"ratio": 2.0}
+    page = (folder / "index.html").read_text()
+    flag = page[:page.index("This machine")]
+    assert "1 claim(s) did not hold" in flag and "one beats two" in flag and "two beats one" not in flag
+    assert "recorded on NVIDIA H200" in page and "2 / 3" in page
 
 
 def test_a_failing_notebook_gives_a_partial_report_and_a_non_zero_exit(tiny_notebooks, tmp_path):
