@@ -40,10 +40,17 @@ def run(device: torch.device, n: int = 2) -> dict[str, Any]:
             single_ms = timed(lambda: model(x.to(devs[0])).cpu())
         with DataParallel(model, devs) as dp:
             dp_ms = timed(lambda: dp(x))
-        pp = PipelineParallel(split_stages(sequential_layers(model), n), devs, micro_batch_size=micro)
+        stages = split_stages(sequential_layers(model), n)
+        pp = PipelineParallel(stages, devs, micro_batch_size=micro)
         sequential_ms = timed(lambda: pp.run_sequential(x))
         pipeline_ms = timed(lambda: pp(x))
         bubble = pp.bubble
+        # Eager stages at small micro-batches are launch-bound, and launching holds the GIL: if
+        # that is what slows the pipeline, its ratio to sequential grows with the micro-batch.
+        by_micro = {}
+        for m in (micro, 4 * micro):
+            p = PipelineParallel(stages, devs, micro_batch_size=m)
+            by_micro[str(m)] = timed(lambda p=p: p.run_sequential(x)) / timed(lambda p=p: p(x))
     finally:
         torch.set_num_threads(threads)
     return {
@@ -59,6 +66,7 @@ def run(device: torch.device, n: int = 2) -> dict[str, Any]:
         "pipeline_ms": pipeline_ms,
         "pipeline_vs_sequential": sequential_ms / pipeline_ms,
         "pipeline_bubble": bubble,
+        "pipeline_vs_sequential_by_micro_batch": by_micro,
     }
 
 

@@ -3,10 +3,14 @@
 Each comparison runs in one process on the device present; the variants of the overlap and graph
 comparisons are timed in turns (one of each per round), the multi-model rounds back to back:
 - four models served one after another vs together by `MultiModelServer` (a stream and a thread
-  each), at batch 8 and 32, eager and (GPU) as CUDA graphs;
+  each), at batch 8 and 32, eager and (GPU) as CUDA graphs, and plain calls one after another
+  (no server: the baseline lesson 05 compares both servers with);
 - fp32 batches from host memory: a plain loop from pageable memory (the guide), the same loop from
   pinned memory, and `StreamPipeline` from the same pageable batches (it pins through its own
   buffers; that copy is timed), double-buffered on three streams; eager and (GPU) as a graph;
+- where copies are long next to the compute (GPU: labkit's tiny CNN at 64², as a graph, batch
+  256): the pinned loop against `StreamPipeline` fed the same pinned batches, with the mean copy-in
+  and compute times of one batch from the pipeline's timeline;
 - `GraphRunner` against the eager model at batch 1 and 32.
 GPU: ResNet-50 224², fp16 where the lesson says so. CPU: small models; there the streams and
 graphs have nothing to overlap or replay, and the figures say so by being about 1x.
@@ -49,6 +53,12 @@ async def _multi_model(models: dict, inputs: dict, rounds: int) -> dict[str, flo
         for _ in range(3):  # warm-up: cuDNN, allocator, threads
             await asyncio.gather(*(server.predict(n, x) for n, x in inputs.items()))
         t0 = time.perf_counter()
+        for _ in range(rounds):  # the baseline both servers are compared with: plain calls, no server
+            with torch.no_grad():
+                for n, x in inputs.items():
+                    models[n](x.to(server.device)).cpu()
+        plain_ms = (time.perf_counter() - t0) / rounds * 1e3
+        t0 = time.perf_counter()
         for _ in range(rounds):
             for n, x in inputs.items():
                 await server.predict(n, x)
@@ -57,8 +67,8 @@ async def _multi_model(models: dict, inputs: dict, rounds: int) -> dict[str, flo
         for _ in range(rounds):
             await asyncio.gather(*(server.predict(n, x) for n, x in inputs.items()))
         together_ms = (time.perf_counter() - t0) / rounds * 1e3
-    return {"models": len(models), "one_after_another_ms": serial_ms, "together_ms": together_ms,
-            "speedup": serial_ms / together_ms}
+    return {"models": len(models), "plain_calls_ms": plain_ms, "one_after_another_ms": serial_ms,
+            "together_ms": together_ms, "speedup": serial_ms / together_ms, "speedup_vs_plain": plain_ms / together_ms}
 
 
 def _interleaved(runs: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
@@ -88,6 +98,24 @@ def _overlap(model, like: torch.nn.Module, device: torch.device, batch: int, cou
     out["pinned_vs_pageable"] = out["pinned_loop_img_s"] / out["pageable_loop_img_s"]
     out["pipeline_vs_pageable"] = out["stream_pipeline_img_s"] / out["pageable_loop_img_s"]
     return out
+
+
+def _long_copies(device: torch.device, batch: int = 256, count: int = 20) -> dict[str, float]:
+    """A small model on large batches, so a copy in is not short next to the compute; both runs
+    are fed the same pinned batches, so only the overlap differs."""
+    model = build_model("tiny_cnn", "full", device)
+    runner = GraphRunner(model, batch_sizes=(batch,))
+    pinned = [example_batch(model, batch, device="cpu", seed=i).pin_memory() for i in range(count)]
+    pipe = StreamPipeline(runner, buffers=2, device=device)
+    ms = _interleaved({"pinned_loop": lambda: simple_loop(runner, pinned, device),
+                       "stream_pipeline": lambda: pipe.run(pinned)}, rounds=9, device=device)
+    pipe.run(pinned, record=True)
+    mean_ms = {k: 1e3 * statistics.mean(e.end_s - e.start_s for e in pipe.timeline if e.stage == k) for k in (0, 1)}
+    return {"model": "tiny_cnn full (64², width 64), graph", "batch": batch, "batches": count,
+            "pinned_loop_img_s": batch * count / (ms["pinned_loop"] / 1e3),
+            "stream_pipeline_img_s": batch * count / (ms["stream_pipeline"] / 1e3),
+            "pipeline_vs_pinned": ms["pinned_loop"] / ms["stream_pipeline"],
+            "copy_in_ms": mean_ms[0], "compute_ms": mean_ms[1]}
 
 
 def _graphs(model, device: torch.device) -> dict[str, float]:
@@ -121,6 +149,7 @@ def run(device: torch.device) -> dict[str, Any]:
     results["overlap_fp32_eager"] = _overlap(fp32, fp32, device, batch, count)
     if gpu:
         results["overlap_fp32_graphs"] = _overlap(GraphRunner(fp32, batch_sizes=(batch,)), fp32, device, batch, count)
+        results["overlap_long_copies"] = _long_copies(device)
     results["graphs_fp32"] = _graphs(fp32, device)
     if gpu:
         results["graphs_fp16"] = _graphs(fp32.half(), device)

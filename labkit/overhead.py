@@ -7,19 +7,25 @@ and CUDA events agree. On a CPU all three agree, because the CPU runs the work b
 `launch_overhead` measures the fixed cost of one tiny operation: queued back to back (what a
 busy GPU pipeline pays per kernel) and one at a time with a sync after each (what a
 request-at-a-time server pays). That fixed cost is why batching pays.
+
+`count_operators` counts what one forward pass issues (torch.profiler): the operators the
+modules call and, on a GPU, the kernels they launch: how many fixed costs one call pays.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from labkit.device import sync
 from labkit.measure import Timer
 
-__all__ = ["AsyncTrap", "async_trap", "LaunchOverhead", "launch_overhead"]
+__all__ = ["AsyncTrap", "async_trap", "LaunchOverhead", "launch_overhead", "OperatorCount", "count_operators"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +83,36 @@ def launch_overhead(device: str | torch.device, calls: int = 2000) -> LaunchOver
         sync(device)
     synced = (time.perf_counter() - t0) / calls
     return LaunchOverhead(queued * 1e6, synced * 1e6)
+
+
+@dataclass(frozen=True)
+class OperatorCount:
+    """What one forward pass issued: top-level aten operators by name, and GPU kernels (None on a CPU)."""
+
+    operators: Counter[str]
+    kernels: int | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.operators.values())
+
+
+def count_operators(model: nn.Module, example: torch.Tensor) -> OperatorCount:
+    """Profile one warmed-up forward of ``model`` on ``example`` (inference mode).
+
+    Operators are counted at the level the modules call them (``aten::conv2d``, not the
+    ``aten::convolution`` and allocations inside it); on CUDA every kernel launched is counted too.
+    """
+    cuda = example.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.inference_mode():
+        model(example)  # warm-up: lazy initialisation and algorithm choice stay out of the count
+        sync(example.device)
+        with profile(activities=activities) as prof:
+            model(example)
+            sync(example.device)
+    events = prof.events()
+    top = Counter(e.name for e in events if e.name.startswith("aten::")
+                  and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    kernels = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in events) if cuda else None
+    return OperatorCount(top, kernels)

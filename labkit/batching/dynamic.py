@@ -38,6 +38,7 @@ class DynamicBatcher(Batcher):
         device: str | torch.device | None = None,
         input_spec: InputSpec | None = None,
         results_on_device: bool = False,
+        freeze_gc: bool = True,
     ) -> None:
         if max_queue_size < 1:
             raise ValueError(f"max_queue_size must be at least 1, got {max_queue_size}")
@@ -50,6 +51,7 @@ class DynamicBatcher(Batcher):
             device=device,
             input_spec=input_spec,
             results_on_device=results_on_device,
+            freeze_gc=freeze_gc,
         )
 
     def _make_queue(self) -> FifoQueue:

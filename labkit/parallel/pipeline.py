@@ -72,6 +72,11 @@ class PipelineParallel:
     Results come back on the CPU in input order. An exception in any stage stops the pipeline
     and is raised to the caller (with a note naming the stage and micro-batch). Each call starts
     its stage threads and joins them before returning: nothing is left running.
+
+    Stages overlap only where their work runs outside Python's GIL (kernels on separate devices,
+    large CPU kernels). Stages whose time is dispatch and kernel launch, as eager layers at small
+    micro-batches on a GPU are, take turns holding the GIL, and a pipeline of them is slower than
+    `run_sequential` (lesson 03 measures both).
     """
 
     def __init__(
@@ -90,6 +95,10 @@ class PipelineParallel:
         self.stages = [s.to(d).eval() for s, d in zip(stages, self.devices, strict=True)]
         self.micro_batch_size = micro_batch_size
         self.queue_depth = queue_depth
+        # One stream per stage for the object's life. `torch.cuda.Stream()` hands out the next of a
+        # pool of 32, and the caching allocator reuses a freed block only on the stream that made
+        # it: a fresh stream per call would pay cudaMalloc for every call's activations again.
+        self.streams = [torch.cuda.Stream(d) if d.type == "cuda" else None for d in self.devices]
         self.timeline: list[StageEvent] = []
 
     @property
@@ -107,8 +116,7 @@ class PipelineParallel:
         t0 = time.perf_counter()
 
         def work(i: int) -> None:
-            stage, device, last = self.stages[i], self.devices[i], i == n - 1
-            stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+            stage, device, stream, last = self.stages[i], self.devices[i], self.streams[i], i == n - 1
             while (item := inboxes[i].get()) is not _STOP:
                 index, tensor = item
                 if errors:  # the pipeline is failing: drain without computing

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from labkit.batching import AdaptiveBatcher, BatchCostModel, LoadShedError
+from labkit.batching import AdaptiveBatcher, BatchCostModel, DynamicBatcher, LoadShedError
 
 from .helpers import run, vec
 
@@ -239,3 +239,107 @@ def test_sustained_overload_of_a_fixed_cost_model_raises_the_cap_instead_of_coll
     assert r.failed == 0 and r.timed_out == 0 and r.completed == r.sent
     assert max(model.sizes) >= 4  # at least 4 a batch are needed to keep up (150/s * 20 ms = 3)
     assert r.latency.p50_ms < 500, r.latency  # batches of one would leave a 2 s backlog by the end
+
+
+# -- the H200 reproduction (issue 13) -------------------------------------------------------------
+
+FIXED_MS, PER_ITEM_MS = 5.66, 0.014  # the fitted cost of eager fp32 ResNet-50 on an H200
+
+
+def eager_like(x: torch.Tensor) -> torch.Tensor:
+    """Holds the GIL for the H200 line's time, as eager launching does (a busy spin in Python)."""
+    end = time.perf_counter() + (FIXED_MS + PER_ITEM_MS * x.shape[0]) / 1e3
+    while time.perf_counter() < end:
+        pass
+    return x * 2
+
+
+def device_like(x: torch.Tensor) -> torch.Tensor:
+    """Sleeps the H200 line's time with the GIL released, as waiting for a device does."""
+    time.sleep((FIXED_MS + PER_ITEM_MS * x.shape[0]) / 1e3)
+    return x * 2
+
+
+@pytest.mark.parametrize("model", [eager_like, device_like], ids=["holds-gil", "releases-gil"])
+def test_adaptive_meets_a_reachable_target_at_70_percent_load(model):
+    # The bench's H200 setting (target 50 ms, wait <= 20 ms, 4 in flight, load at 70% of the
+    # batcher's batch-32 capacity measured in a closed loop), where the target was missed with
+    # p50 282 ms. Two batch times are about 12 ms, so the target is well within reach. No
+    # gc.freeze() here: the batcher's default must keep a full collection out of the tail.
+    # A box shared with other jobs can take the CPU away for 100 ms, which no batcher can
+    # hide; so up to three runs, and one must meet the target (each run is 9,000+ requests).
+    from labkit.load import closed_loop, open_loop
+
+    def x(i):
+        return vec(i)
+
+    async def capacity():
+        async with DynamicBatcher(model, max_batch_size=32, max_wait_ms=5, max_inflight=4,
+                                  max_queue_size=100_000) as d:
+            await closed_loop(d.submit, x, clients=192, requests=500)
+            windows = [await closed_loop(d.submit, x, clients=192, requests=None, duration_s=0.4)
+                       for _ in range(3)]
+        return max(w.throughput_rps for w in windows)
+
+    async def main():
+        seen = []
+        for attempt in range(3):
+            rate = 0.7 * await capacity()  # measured afresh: what the shared box gives now
+            async with AdaptiveBatcher(model, target_p99_ms=50, max_batch_size=32, max_wait_ms=20,
+                                       max_inflight=4, max_queue_size=100_000) as b:
+                await open_loop(b.submit, x, rate_rps=rate, duration_s=0.5, seed=9)  # steady state
+                r = await open_loop(b.submit, x, rate_rps=rate, duration_s=3.0, seed=attempt)
+            assert r.completed == r.sent > 3000 and r.failed == r.timed_out == 0
+            seen.append((round(rate), round(r.latency.p50_ms, 1), round(r.latency.p99_ms, 1)))
+            if r.latency.p99_ms <= 50:
+                break
+        return seen
+
+    seen = run(main())
+    assert seen[-1][2] <= 50, f"(req/s, p50 ms, p99 ms) of each run: {seen}"
+
+
+def test_cost_fit_uses_busy_time_not_wall_time_when_batches_overlap(monkeypatch):
+    # As on a GPU: one worker thread per batch in flight, one device running one batch at a time.
+    # Each batch's wall time includes waiting for the device behind the others; its busy time
+    # does not, so the fitted line stays the device's own (2 + 0.5 n ms), whatever the overlap.
+    from labkit.batching.engine import BatchRunner
+
+    monkeypatch.setattr(BatchRunner, "threads", property(lambda self: len(self.slots)))
+    device = threading.Lock()
+    model = LinearCostModel(2.0, 0.5)
+
+    def serialised(x):
+        with device:
+            return model(x)
+
+    async def main():
+        async with AdaptiveBatcher(serialised, target_p99_ms=1000, max_batch_size=16, max_wait_ms=0,
+                                   max_inflight=4) as b:
+            for n in (16, 5, 16, 9, 16, 3, 16, 12):
+                await asyncio.gather(*(b.submit(vec(i)) for i in range(4 * n)))
+            return b.cost, b.stats.summary()
+
+    cost, stats = run(main())
+    assert stats["batch_p50_ms"] > 1.5 * cost.predict(16)  # wall times did overlap
+    assert cost.predict(16) == pytest.approx(10.0, rel=0.35)
+    assert cost.predict(4) == pytest.approx(4.0, rel=0.5)
+
+
+def test_start_freezes_the_collector_unless_told_not_to():
+    # A full collection over every object alive at start (torch's ~176k) became the p99 (143 ms);
+    # the batcher collects once and freezes them at start. freeze_gc=False leaves gc alone.
+    import gc
+
+    async def main(freeze):
+        gc.unfreeze()
+        async with AdaptiveBatcher(lambda x: x, target_p99_ms=50, freeze_gc=freeze) as b:
+            frozen = gc.get_freeze_count()
+            await b.submit(vec(1))
+        return frozen
+
+    try:
+        assert run(main(False)) == 0
+        assert run(main(True)) > 0
+    finally:
+        gc.unfreeze()

@@ -311,3 +311,19 @@ def test_empty_batch_raises(models):
     with pytest.raises(ValueError, match="empty"):
         pipe.run_sequential(empty)
     assert stage_threads() == []
+
+
+@pytest.mark.gpu
+def test_each_stage_keeps_its_stream_across_calls(models):
+    """A fresh pool stream per call would start each call with an empty allocator cache."""
+    model = models["mlp"]
+    pipe = PipelineParallel(split_stages(sequential_layers(model), 2), devices(2, "cuda"), 4)
+    streams = list(pipe.streams)
+    assert all(s is not None for s in streams)
+    x = example_batch(model, 16, device="cpu")
+    with torch.no_grad():
+        expected = model.to("cuda")(x.cuda()).cpu()
+    for _ in range(3):
+        torch.testing.assert_close(pipe(x), expected, **TOL)
+    assert pipe.streams == streams
+    assert stage_threads() == []
