@@ -116,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     grade.add_argument("--timeout", type=float, default=60.0, help="seconds per question")
     grade.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per grading process")
     grade.add_argument("--feedback", type=Path, help="folder for feedback files (default: beside the CSV)")
+    grade.add_argument("--solutions", type=Path,
+                       help="reference solutions, graded first under the same tests and limits (default: solutions/)")
+    grade.add_argument("--deadline", help="ISO date-time, e.g. 2026-12-01T23:59: submissions modified later are late")
+    grade.add_argument("--format", action="append", default=[], choices=["gradescope"], dest="formats",
+                       help="also write Gradescope's results.json per submission")
     report = sub.add_parser("report", help="run every lesson here and write reports/<run>/index.html")
     report.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/[0-9]*.ipynb")
     report.add_argument("--device", default="auto")
@@ -162,16 +167,38 @@ def _assign(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from labkit.grading.grade import collect_submissions, grade_all
+    from datetime import datetime
 
-    submissions = collect_submissions(args.submissions)
-    if not submissions:
-        print("no notebooks found in " + ", ".join(map(str, args.submissions)), file=sys.stderr)
-        return 1
-    rows = grade_all(submissions, args.out, tests=args.tests, jobs=args.jobs, timeout_s=args.timeout,
-                     memory_mb=args.memory_mb, feedback_dir=args.feedback)
+    from labkit.grading.grade import Settings, SetupError, collect_submissions, grade_all
+
+    try:
+        deadline = datetime.fromisoformat(args.deadline) if args.deadline else None
+    except ValueError:
+        print(f"labkit grade: --deadline {args.deadline!r}: expected an ISO date-time like 2026-12-01T23:59",
+              file=sys.stderr)
+        return 2
+    missing = [str(p) for p in args.submissions if not p.exists()]
+    if missing:
+        print(f"labkit grade: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    rows = collect_submissions(args.submissions)
+    if not rows:
+        print("labkit grade: no notebooks found in " + ", ".join(map(str, args.submissions)), file=sys.stderr)
+        return 2
+    settings = Settings(timeout_s=args.timeout, memory_mb=args.memory_mb, jobs=args.jobs)
+    try:
+        rows = grade_all(rows, args.out, tests=args.tests, settings=settings, feedback_dir=args.feedback,
+                         solutions=args.solutions, deadline=deadline, formats=tuple(args.formats))
+    except SetupError as e:
+        print(f"labkit grade: {e}", file=sys.stderr)
+        return 2
+    width = max(len(r.name) for r in rows)
+    print("grading time per submission:")
+    for row in rows:
+        print(f"  {row.name:<{width}}  {row.seconds:6.2f} s  {row.total:g} / {row.out_of:g}"
+              + (f"  not graded: {row.reason}" if row.reason else ""))
     graded = sum(1 for r in rows if not r.reason)
-    print(f"graded {graded} of {len(rows)} submissions: {args.out}")
+    print(f"graded {graded} of {len(rows)} submissions: {args.out}; feedback, logs and summary.txt beside it")
     return 0
 
 

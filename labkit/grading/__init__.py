@@ -1,7 +1,8 @@
 """Graded exercises: questions with public tests (`check` in a notebook), exercises generated from
-the solutions (`labkit assign`), and isolated grading of a class's submissions (`labkit grade`)."""
+the solutions (`labkit assign`), and sandboxed grading of a class's submissions (`labkit grade`)."""
 
-from labkit.grading.check import Score, check, score
-from labkit.grading.questions import QUESTIONS, Mismatch, Question
+from labkit.grading.check import check
+from labkit.grading.questions import QUESTIONS, Question
+from labkit.grading.trials import Mismatch, Score
 
-__all__ = ["QUESTIONS", "Mismatch", "Question", "Score", "check", "score"]
+__all__ = ["QUESTIONS", "Mismatch", "Question", "Score", "check"]

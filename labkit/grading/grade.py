@@ -1,58 +1,106 @@
-"""`labkit grade`: grade a class's submitted notebooks, one isolated process per question.
+"""`labkit grade`: grade a class's submitted notebooks, each question in its own sandbox.
 
-Each (submission, question) runs in a fresh process (`labkit.grading.runner`) in an empty
-temporary directory, with a wall-clock limit and a memory limit. An endless loop, a crash,
-``sys.exit``, ``os._exit``, a huge allocation or a deleted file costs that student that question,
-never the run or anyone else. Every submission gets a row in the CSV, with the reason when it
-could not be graded, and a feedback file.
+Every (submission, question) runs in a fresh forked process (labkit.grading.supervisor), confined
+and limited in time and memory, judged by a process it cannot reach. Whatever one submission does
+costs that student that question, never the run or anyone else: every submission gets its row,
+its feedback file and its log. Instructors' mistakes (a missing tests folder, tests that do not
+import, limits the reference solutions cannot meet) are refused before anything is graded.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
+import queue
 import re
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
 from tqdm.auto import tqdm
 
+from labkit.grading.hidden import SetupError, load_hidden
 from labkit.grading.questions import QUESTIONS
+from labkit.grading.sandbox import PACKAGE_ROOT, Sandbox
 
-__all__ = ["Outcome", "exercise_of", "grade_one", "grade_all", "collect_submissions"]
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["Outcome", "Pool", "Row", "Settings", "SetupError", "collect_submissions", "exercise_of", "grade_all",
+           "preflight"]
 
 
 @dataclass
 class Outcome:
-    """One question of one submission."""
+    """One question of one submission, as the supervisor judged it."""
 
     question: str
     points: float
     out_of: float
     feedback: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # about the run: cells that failed, time-outs
+    details: list[str] = field(default_factory=list)  # the instructor's: every failure in full
+    log: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
-def collect_submissions(paths: list[Path]) -> list[Path]:
-    """Files as given; folders searched for ``*.ipynb`` (checkpoints left out)."""
+@dataclass
+class Row:
+    """One submitted notebook."""
+
+    submission: Path
+    student: str  # its path under the folder given: "alice" for submissions/alice/03_x.ipynb
+    exercise: str = ""
+    outcomes: list[Outcome] = field(default_factory=list)
+    reason: str = ""  # why it was not graded at all
+    seconds: float = 0.0
+    submitted: datetime | None = None
+
+    @property
+    def total(self) -> float:
+        return round(sum(o.points for o in self.outcomes), 2)
+
+    @property
+    def out_of(self) -> float:
+        return sum(o.out_of for o in self.outcomes)
+
+    @property
+    def name(self) -> str:
+        """Unique among the rows: the student and the notebook."""
+        return f"{self.student}/{self.submission.name}" if self.student != self.submission.stem else self.submission.name
+
+
+@dataclass(frozen=True)
+class Settings:
+    timeout_s: float = 60.0
+    memory_mb: int = 4096
+    jobs: int = 1
+
+    def check(self) -> None:
+        if not self.timeout_s > 0:
+            raise SetupError(f"--timeout {self.timeout_s:g}: expected a number of seconds above 0")
+        if self.memory_mb < 64:
+            raise SetupError(f"--memory-mb {self.memory_mb}: expected at least 64 (MB per grading process)")
+        if self.jobs < 1:
+            raise SetupError(f"--jobs {self.jobs}: expected 1 or more")
+
+
+def collect_submissions(paths: list[Path]) -> list[Row]:
+    """Files as given; folders searched for ``*.ipynb`` (checkpoints left out). Each row names its
+    student by the path under the folder that holds them all."""
     found: list[Path] = []
     for p in paths:
         if p.is_dir():
             found += sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
         else:
             found.append(p)
-    return found
+    roots = [p if p.is_dir() else p.parent for p in paths]
+    root = Path(os.path.commonpath([r.resolve() for r in roots])) if roots else Path.cwd()
+    rows = []
+    for path in found:
+        relative = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else Path(path.name)
+        student = relative.parent.as_posix() if relative.parent != Path(".") else relative.stem
+        rows.append(Row(path, student))
+    return rows
 
 
 def exercise_of(path: Path) -> str:
@@ -65,122 +113,106 @@ def exercise_of(path: Path) -> str:
     number = number or (match and match.group(1))
     if not number or not any(q.startswith(f"{number}.") for q in QUESTIONS):
         raise ValueError("cannot tell which exercise this is (no labkit.exercise metadata, no known NN_ in its name)")
-    return number
+    return str(number)
 
 
-def grade_one(notebook: Path, question: str, *, tests: Path | None = None, timeout_s: float = 60.0,
-              memory_mb: int = 4096) -> Outcome:
-    """``question`` of ``notebook``, graded in a fresh process in an empty directory."""
-    q = QUESTIONS[question]
-    nonce = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="labkit-grade-") as work:
-        copy = Path(work) / "submission.ipynb"
-        shutil.copyfile(notebook, copy)
-        read_end, write_end = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]),
-                   MPLBACKEND="Agg")
-        command = [sys.executable, "-m", "labkit.grading.runner", str(copy), question, str(write_end),
-                   "--memory-mb", str(memory_mb)]
-        if tests is not None:
-            command += ["--tests", str(tests.resolve())]
-        with open(Path(work) / "output.txt", "wb") as output:
-            proc = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.PIPE, stdout=output,
-                                    stderr=subprocess.STDOUT, pass_fds=(write_end,), start_new_session=True)
-        os.close(write_end)
+def _questions(exercise: str) -> list[str]:
+    return [q for q in QUESTIONS if q.startswith(f"{exercise}.")]
+
+
+class Pool:
+    """``jobs`` sandboxes, shared by the preflight and the class; every one closed on exit."""
+
+    def __init__(self, jobs: int) -> None:
+        self.made = [Sandbox() for _ in range(jobs)]
+        self.free: queue.SimpleQueue[Sandbox] = queue.SimpleQueue()
+        for sandbox in self.made:
+            self.free.put(sandbox)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sandbox in self.made:
+            sandbox.close()
+
+    def run(self, rows: list[Row], hidden: dict[str, list], settings: Settings, progress: bool) -> None:
+        """Grade every (row, question); fills each row's outcomes, in the questions' order."""
+        work = [(row, q) for row in rows if not row.reason for q in _questions(row.exercise)]
+        with ThreadPoolExecutor(len(self.made)) as pool:
+            futures = [pool.submit(self._grade, row, q, hidden.get(q, []), settings) for row, q in work]
+            for done in tqdm(as_completed(futures), total=len(work), desc="grading", unit="question",
+                             disable=not progress):
+                row, outcome = done.result()
+                row.outcomes.append(outcome)
+                row.seconds += outcome.seconds
+        order = list(QUESTIONS)
+        for row in rows:
+            row.outcomes.sort(key=lambda o: order.index(o.question))
+
+    def _grade(self, row: Row, question: str, hidden: list, settings: Settings) -> tuple[Row, Outcome]:
+        sandbox = self.free.get()
         try:
-            proc.stdin.write((nonce + "\n").encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            proc.wait(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: threads and children it started
-            proc.wait()
-            timed_out = True
-        with os.fdopen(read_end, "rb") as pipe:
-            lines = pipe.read().decode(errors="replace").splitlines()
-    result = next((line[len(nonce):] for line in reversed(lines) if line.startswith(nonce)), None)
-    if timed_out:
-        return Outcome(question, 0.0, q.points, notes=[f"did not finish within {timeout_s:g} s (an endless loop?)"])
-    if result is None:
-        return Outcome(question, 0.0, q.points, notes=[
-            f"the grading process ended (exit code {proc.returncode}) before a result: os._exit, a crash, or the memory limit"])
-    data = json.loads(result)
-    if "error" in data:
-        return Outcome(question, 0.0, q.points, notes=[data["error"]])
-    return Outcome(question, data["points"], q.points, data["feedback"], data["notes"])
+            start = time.perf_counter()
+            data = sandbox.grade(row.submission, question, hidden, timeout_s=settings.timeout_s,
+                                 memory_mb=settings.memory_mb)
+            seconds = time.perf_counter() - start
+        finally:
+            self.free.put(sandbox)
+        return row, Outcome(question, float(data.get("points", 0.0)), QUESTIONS[question].points,
+                            list(data.get("feedback", [])), list(data.get("notes", [])),
+                            list(data.get("details", [])), list(data.get("log", [])), seconds)
 
 
-@dataclass
-class Row:
-    submission: Path
-    exercise: str = ""
-    outcomes: list[Outcome] = field(default_factory=list)
-    reason: str = ""
+def preflight(pool: Pool, exercises: set[str], hidden: dict[str, list], settings: Settings, solutions: Path) -> None:
+    """Grade the reference solutions of ``exercises`` under the class's tests and limits; refuse
+    (SetupError) when one does not score full marks: the tests or the limits are wrong."""
+    rows = []
+    for exercise in sorted(exercises):
+        matches = [p for p in sorted(solutions.glob("*.ipynb")) if exercise_of(p) == exercise]
+        if not matches:
+            raise SetupError(f"no reference solution for exercise {exercise} in {solutions}: cannot check "
+                             "the tests and limits before grading (--solutions names the folder)")
+        rows.append(Row(matches[0], matches[0].stem, exercise))
+    pool.run(rows, hidden, settings, progress=False)
+    for row in rows:
+        for o in row.outcomes:
+            if o.points < o.out_of:
+                why = "; ".join([*o.notes, *o.details][:3]) or "no reason given"
+                raise SetupError(
+                    f"the reference solution {row.submission.name} scores {o.points:g} / {o.out_of:g} on {o.question} "
+                    f"with these tests and limits (--timeout {settings.timeout_s:g}, --memory-mb {settings.memory_mb}): "
+                    f"{why}. Fix the hidden tests or raise the limits; nothing was graded")
 
-    @property
-    def total(self) -> float:
-        return round(sum(o.points for o in self.outcomes), 2)
+
+def default_solutions() -> Path:
+    here = Path("solutions")
+    return here if here.is_dir() else PACKAGE_ROOT / "solutions"
 
 
-def grade_all(submissions: list[Path], out_csv: Path, *, tests: Path | None = None, jobs: int = 1,
-              timeout_s: float = 60.0, memory_mb: int = 4096, feedback_dir: Path | None = None,
-              progress: bool = True) -> list[Row]:
-    """Grade every submission, write the CSV and one feedback file per submission."""
-    rows = [Row(p) for p in submissions]
-    work: list[tuple[Row, str]] = []
+def grade_all(submissions: list[Row] | list[Path], out_csv: Path, *, tests: Path | None = None,
+              settings: Settings = Settings(), feedback_dir: Path | None = None, solutions: Path | None = None,
+              deadline: datetime | None = None, formats: tuple[str, ...] = (), progress: bool = True,
+              check_solutions: bool = True) -> list[Row]:
+    """Check the setup, grade every submission, then write the CSV, feedback, logs and summary.
+    Raises SetupError (nothing graded, nothing written) for an instructor's mistake."""
+    from labkit.grading.outputs import write_outputs
+
+    rows = submissions if submissions and isinstance(submissions[0], Row) else collect_submissions(list(submissions))
+    settings.check()
+    if out_csv.is_dir():
+        raise SetupError(f"--out {out_csv}: a folder; expected the CSV file to write")
+    hidden = load_hidden(tests)
     for row in rows:
         try:
             row.exercise = exercise_of(row.submission)
-            work += [(row, q) for q in QUESTIONS if q.startswith(f"{row.exercise}.")]
+            row.submitted = datetime.fromtimestamp(row.submission.stat().st_mtime)
         except (OSError, ValueError) as e:
             row.reason = str(e)
-
-    def run(item: tuple[Row, str]) -> tuple[Row, Outcome]:
-        row, question = item
-        return row, grade_one(row.submission, question, tests=tests, timeout_s=timeout_s, memory_mb=memory_mb)
-
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = [pool.submit(run, item) for item in work]
-        for done in tqdm(as_completed(futures), total=len(work), desc="grading", unit="question",
-                         disable=not progress):
-            row, outcome = done.result()
-            row.outcomes.append(outcome)
-    for row in rows:
-        row.outcomes.sort(key=lambda o: list(QUESTIONS).index(o.question))
-    _write_csv(rows, out_csv)
-    feedback_dir = feedback_dir or out_csv.parent / "feedback"
-    feedback_dir.mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        (feedback_dir / f"{row.submission.stem}.txt").write_text(_feedback(row))
+    with Pool(settings.jobs) as pool:
+        if check_solutions:
+            preflight(pool, {r.exercise for r in rows if not r.reason}, hidden, settings,
+                      solutions or default_solutions())
+        pool.run(rows, hidden, settings, progress)
+    write_outputs(rows, out_csv, feedback_dir or out_csv.parent / "feedback", deadline=deadline, formats=formats)
     return rows
-
-
-def _write_csv(rows: list[Row], path: Path) -> None:
-    questions = [q for q in QUESTIONS if any(o.question == q for r in rows for o in r.outcomes)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["submission", "exercise", "total", "out_of", *questions, "reason"])
-        for row in rows:
-            by_q = {o.question: o for o in row.outcomes}
-            out_of = sum(o.out_of for o in row.outcomes)
-            notes = "; ".join(n for o in row.outcomes for n in o.notes if "did not finish" in n or "ended" in n)
-            writer.writerow([str(row.submission), row.exercise, row.total, out_of,
-                             *(by_q[q].points if q in by_q else "" for q in questions), row.reason or notes])
-
-
-def _feedback(row: Row) -> str:
-    lines = [f"Submission: {row.submission.name}"]
-    if row.reason:
-        return "\n".join([*lines, f"Not graded: {row.reason}", ""])
-    lines.append(f"Exercise {row.exercise}: {row.total:g} / {sum(o.out_of for o in row.outcomes):g} points")
-    notes = list(dict.fromkeys(n for o in row.outcomes for n in o.notes))  # each run repeats the cells' errors
-    if notes:
-        lines += ["", "While your notebook ran:", *(f"  ! {n}" for n in notes)]
-    for o in sorted(row.outcomes, key=lambda o: o.question):
-        lines += ["", f"{o.question} ({QUESTIONS[o.question].title}): {o.points:g} / {o.out_of:g}"]
-        lines += [f"  - {line}" for line in o.feedback]
-    return "\n".join(lines) + "\n"

@@ -1,9 +1,8 @@
-"""Grading end to end: solutions score full marks, exercises zero, and a zoo of bad submissions
-is graded correctly, each with a clear reason, without affecting anyone else."""
+"""Grading end to end: solutions score full marks, exercises zero; `assign`; `check` in a notebook.
+Hostile submissions and instructors' mistakes: tests/grading/test_hostile.py."""
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 from labkit.grading import QUESTIONS, check
 from labkit.grading.assign import make_exercise, stale_exercises, strip_solutions
-from labkit.grading.grade import grade_all
+from labkit.grading.grade import Settings, grade_all
 
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = Path(__file__).parent / "hidden"
@@ -34,7 +33,7 @@ def _questions(exercise: str) -> list[str]:
 def graded_course(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("course")
     rows = grade_all([*sorted((ROOT / "solutions").glob("*.ipynb")), *sorted((ROOT / "exercises").glob("*.ipynb"))],
-                     out / "grades.csv", tests=HIDDEN, jobs=2, progress=False)
+                     out / "grades.csv", tests=HIDDEN, settings=Settings(jobs=2), progress=False)
     return {f"{r.submission.parent.name}/{r.submission.name}": r for r in rows}
 
 
@@ -117,7 +116,7 @@ def test_check_reports_what_went_in_what_was_expected_and_never_raises(capsys):
 
     assert check("03.split_sizes", wrong) == 0.0
     out = capsys.readouterr().out
-    assert "wrong(10, 3): expected [4, 3, 3], got [11, 11, 11]" in out and "Hint:" in out
+    assert "split_sizes(10, 3): expected [4, 3, 3], got [11, 11, 11]" in out and "Hint:" in out
     assert check("03.split_sizes", exits) == 0.0
     assert "sys.exit(3)" in capsys.readouterr().out
     assert check("03.split_sizes", crashes) == 0.0
@@ -133,107 +132,3 @@ def test_check_gives_partial_points_per_test():
     assert check("03.split_sizes", half_right) == 1.0  # 2 of 4 tests, of 2 points
 
 
-# -- the zoo ---------------------------------------------------------------------------------
-
-
-def _variant(cells: dict[int, str] | None = None, extra: list[str] | None = None) -> nbformat.NotebookNode:
-    """Solution 03 with some code cells replaced (by index among code cells) or extra cells appended."""
-    nb = nbformat.read(SOLUTION_03, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    for i, source in (cells or {}).items():
-        code[i].source = source
-    nb.cells += [nbformat.v4.new_code_cell(s) for s in extra or []]
-    return nb
-
-
-def _code_cell_defining(name: str) -> int:
-    code = [c for c in nbformat.read(SOLUTION_03, as_version=4).cells if c.cell_type == "code"]
-    return next(i for i, c in enumerate(code) if f"def {name}(" in c.source)
-
-
-SPLIT = _code_cell_defining("split_sizes")  # in solution 03
-GOOD_SPLIT = "def split_sizes(n, k):\n    base, extra = divmod(n, k)\n    return [base + 1 if i < extra else base for i in range(k)]"
-
-ZOO: dict[str, nbformat.NotebookNode | str] = {
-    "good": _variant(),
-    "syntax_error": _variant({SPLIT: "def split_sizes(n, k)\n    return []"}),
-    "endless_loop_in_answer": _variant({SPLIT: "def split_sizes(n, k):\n    while True:\n        pass"}),
-    "endless_loop_at_top": _variant(extra=["while True:\n    pass"]),
-    "sys_exit_at_top": _variant(extra=["import sys\nsys.exit('bye')"]),
-    "os_exit": _variant(extra=["import os\nos._exit(0)"]),
-    "raises_at_import": _variant({SPLIT: "raise RuntimeError('boom')\n" + GOOD_SPLIT}),
-    "patches_check": _variant({SPLIT: "def split_sizes(n, k):\n    return [-1]"}, extra=[
-        "import labkit.grading as g, labkit.grading.check as c, labkit.grading.questions as q\n"
-        "g.check = c.check = lambda *a, **k: 99\n"
-        "c.score = lambda question, answer, tests, out_of: c.Score(question, out_of, out_of, len(tests), len(tests))\n"
-        "q.expect = lambda *a, **k: None\n"
-        "print('3/3 points')"]),
-    "deletes_its_files": _variant(extra=["import os\nfor f in os.listdir('.'):\n    os.remove(f)"]),
-    "huge_allocation": _variant(extra=["hog = bytearray(64 * 2**30)"]),
-    "passes_public_fails_hidden": _variant({SPLIT: (
-        "def split_sizes(n, k):\n"
-        "    return {(10, 3): [4, 3, 3], (9, 3): [3, 3, 3], (2, 4): [1, 1, 0, 0], (0, 2): [0, 0]}[(n, k)]")}),
-    "not_a_notebook": "this is not JSON",
-}
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("zoo")
-    for name, nb in ZOO.items():
-        path = folder / f"{name}_03.ipynb"
-        path.write_text(nb) if isinstance(nb, str) else nbformat.write(nb, path)
-    out = folder / "out" / "grades.csv"
-    rows = grade_all(sorted(folder.glob("*.ipynb")), out, tests=HIDDEN, jobs=2, timeout_s=15,
-                     memory_mb=3072, progress=False)
-    by_name = {r.submission.name.removesuffix("_03.ipynb"): r for r in rows}
-    with out.open() as f:
-        table = {Path(r["submission"]).name.removesuffix("_03.ipynb"): r for r in csv.DictReader(f)}
-    return by_name, table, folder
-
-
-def _points(row) -> dict[str, float]:
-    return {o.question: o.points for o in row.outcomes}
-
-
-def _notes(row) -> str:
-    return " ".join(n for o in row.outcomes for n in o.notes) + " " + " ".join(f for o in row.outcomes for f in o.feedback)
-
-
-def test_every_submission_has_a_row_even_unreadable_ones(zoo):
-    rows, table, folder = zoo
-    assert set(table) == set(ZOO)
-    assert "not a readable notebook" in table["not_a_notebook"]["reason"]
-    assert (folder / "out" / "feedback" / "good_03.txt").read_text().startswith("Submission: good_03.ipynb")
-
-
-def test_good_submission_is_unaffected_by_its_neighbours(zoo):
-    rows, _, folder = zoo
-    assert _points(rows["good"]) == {"03.split_sizes": 2.0, "03.gather": 2.0}
-    assert all((folder / f"{name}_03.ipynb").exists() for name in ZOO)  # nobody deleted anything here
-
-
-@pytest.mark.parametrize("name, expected, reason", [
-    ("syntax_error", {"03.split_sizes": 0.0, "03.gather": 2.0}, "SyntaxError"),
-    ("endless_loop_in_answer", {"03.split_sizes": 0.0, "03.gather": 2.0}, "did not finish within 15 s"),
-    ("endless_loop_at_top", {"03.split_sizes": 0.0, "03.gather": 0.0}, "did not finish within 15 s"),
-    ("sys_exit_at_top", {"03.split_sizes": 2.0, "03.gather": 2.0}, "SystemExit: bye"),
-    ("os_exit", {"03.split_sizes": 0.0, "03.gather": 0.0}, "ended (exit code 0) before a result"),
-    ("raises_at_import", {"03.split_sizes": 0.0, "03.gather": 2.0}, "RuntimeError: boom"),
-    ("patches_check", {"03.split_sizes": 0.0, "03.gather": 2.0}, "expected [4, 3, 3], got [-1]"),
-    ("deletes_its_files", {"03.split_sizes": 2.0, "03.gather": 2.0}, ""),
-    ("huge_allocation", {"03.split_sizes": 2.0, "03.gather": 2.0}, "MemoryError"),
-    ("passes_public_fails_hidden", {"03.split_sizes": round(2 * 4 / 6, 2), "03.gather": 2.0}, "KeyError"),
-])
-def test_bad_submissions_are_graded_correctly_with_a_clear_reason(zoo, name, expected, reason):
-    rows, table, _ = zoo
-    assert _points(rows[name]) == expected
-    assert reason in _notes(rows[name])
-    assert float(table[name]["total"]) == sum(expected.values())
-
-
-def test_public_tests_alone_cannot_tell_the_hidden_failure(tmp_path):
-    path = tmp_path / "sneaky_03.ipynb"
-    nbformat.write(ZOO["passes_public_fails_hidden"], path)
-    (row,) = grade_all([path], tmp_path / "grades.csv", progress=False)
-    assert _points(row)["03.split_sizes"] == 2.0
