@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
 	@touch $@
 
-# Lessons run under papermill with their parameters (tests/test_notebooks.py); solutions and the
-# generated exercises run as they are, through nbval.
+# Lessons run under papermill with their parameters (tests/test_report.py); solutions run in a
+# kernel in tests/grading (every check() must pass); the generated exercises run through nbval.
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests solutions exercises --nbval-lax
+	$(PY) -m pytest tests exercises --nbval-lax
 
 report: setup
 	$(VENV)/bin/labkit report --device $(DEVICE) --size $(SIZE)

@@ -6,8 +6,10 @@ judge all run in place.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from labkit.grading.plain import to_plain
@@ -23,6 +25,14 @@ def _as_sent(plain: Any) -> Any:
     return json.loads(json.dumps(plain))
 
 
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def run_here(trial: Trial, answer: Any) -> Observation:
     """One trial in this process, as the grader would see it."""
     calls: list[tuple[str, list]] = []
@@ -32,7 +42,11 @@ def run_here(trial: Trial, answer: Any) -> Observation:
         return trial.oracles[name](*calls[-1][1])
 
     start = time.perf_counter()
-    output, error, extra = observe(trial.probe, _as_sent(trial.inputs), answer, oracle)
+    if _loop_running():  # Jupyter runs cells inside an event loop; a probe may start its own
+        with ThreadPoolExecutor(1) as thread:
+            output, error, extra = thread.submit(observe, trial.probe, _as_sent(trial.inputs), answer, oracle).result()
+    else:
+        output, error, extra = observe(trial.probe, _as_sent(trial.inputs), answer, oracle)
     seconds = time.perf_counter() - start
     return Observation(_as_sent(output), error, tuple(calls), seconds, _as_sent(extra))
 

@@ -26,6 +26,12 @@ def load_hidden(directory: Path | None) -> dict[str, list]:
         raise SetupError(f"--tests {directory}: no such folder")
     if not directory.is_dir():
         raise SetupError(f"--tests {directory}: a file; expected a folder of *.py files defining TESTS")
+    from labkit.grading.supervisor import readable_paths
+
+    exposed = [p for p in readable_paths() if directory.resolve().is_relative_to(p.resolve())]
+    if exposed:
+        raise SetupError(f"--tests {directory} lies inside {exposed[0]}, which graded notebooks may read: "
+                         "keep hidden tests elsewhere")
     found: dict[str, list] = {}
     for path in sorted(directory.glob("*.py")):
         spec = importlib.util.spec_from_file_location(f"_hidden_{path.stem}", path)

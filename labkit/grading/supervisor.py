@@ -33,11 +33,12 @@ from labkit.grading.channel import Closed, LineReader, TooLong, send
 from labkit.grading.questions import QUESTIONS
 from labkit.grading.trials import Observation, score
 
-__all__ = ["kill_descendants", "main"]
+__all__ = ["kill_descendants", "main", "readable_paths"]
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 MAX_RESULT = 256 * 1024  # bytes of one answer's output as data
 SETUP_S = 30.0  # the child's own start: forking, limits, confinement
+MAX_PROCESSES = 256  # a submission may start this many (a fork bomb is stopped here)
 
 
 def _prctl(option: int, value: int) -> None:
@@ -86,7 +87,18 @@ def kill_descendants(group: int | None = None, patience_s: float = 10.0) -> int:
     return killed
 
 
-def _readable_paths() -> list[Path]:
+def _user_processes() -> int:
+    uid = os.getuid()
+    count = 0
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            count += entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
+        except OSError:
+            pass
+    return count
+
+
+def readable_paths() -> list[Path]:
     """What a submission may read: the Python installation, installed packages, labkit itself and
     the system's libraries. Not the project (tests, solutions, other notebooks live there)."""
     paths = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr", "/lib", "/lib64", "/bin",
@@ -116,7 +128,11 @@ def _become_child(work: Path, memory_mb: int, to_grader: int, from_grader: int) 
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # soft and hard: it cannot raise them
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return landlock.restrict(_readable_paths(), [work, Path(os.devnull)])
+    # RLIMIT_NPROC counts the user's processes everywhere: leave room for everyone else's
+    processes, hard = _user_processes() + MAX_PROCESSES, resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    processes = processes if hard == resource.RLIM_INFINITY else min(processes, hard)
+    resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+    return landlock.restrict(readable_paths(), [work, Path(os.devnull)])
 
 
 def supervise(request: dict, grader_in: LineReader) -> dict:

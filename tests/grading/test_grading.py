@@ -132,3 +132,28 @@ def test_check_gives_partial_points_per_test():
     assert check("03.split_sizes", half_right) == 1.0  # 2 of 4 tests, of 2 points
 
 
+
+
+def test_check_works_inside_a_running_event_loop_as_in_jupyter(capsys):
+    import asyncio
+
+    async def predict_all(models, requests):
+        return await asyncio.gather(*(asyncio.to_thread(models[m], x) for m, x in requests), return_exceptions=True)
+
+    async def cell():  # ipykernel runs every cell with an event loop running in its thread
+        return check("05.predict_all", predict_all)
+
+    assert asyncio.run(cell()) == 3.0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("solution", sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb")))
+def test_each_solution_passes_its_public_checks_in_a_real_kernel(solution):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "solutions" / solution, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", cwd=str(ROOT / "solutions")).execute()
+    checks = [c for c in nb.cells if c.cell_type == "code" and "check(" in c.source]
+    assert checks
+    for cell in checks:
+        printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        assert "all public tests pass" in printed, (cell.source, printed)

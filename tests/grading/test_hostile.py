@@ -304,6 +304,7 @@ def _hidden_folder(tmp_path: Path, source: str) -> Path:
     ("a malformed case", {"tests": "malformed"}, "hidden case 1 of 03.split_sizes"),
     ("tests that do not exist", {"tests": "missing"}, "no such folder"),
     ("tests that are a file", {"tests": "file"}, "a file; expected a folder"),
+    ("tests where submissions can read them", {"tests": "exposed"}, "which graded notebooks may read"),
     ("a timeout of zero", {"settings": Settings(timeout_s=0)}, "--timeout 0"),
     ("a memory limit the solution cannot meet", {"settings": Settings(memory_mb=300)},
      "the reference solution 03_data_parallel.ipynb scores 0 / 2"),
@@ -320,6 +321,8 @@ def test_instructor_mistakes_are_refused_before_grading(tmp_path, mistake, kwarg
         kwargs["tests"] = tmp_path / "nowhere"
     elif choice == "file":
         kwargs["tests"] = HIDDEN_FILE
+    elif choice == "exposed":
+        kwargs["tests"] = ROOT / "labkit" / "grading"
     out = tmp_path / "out" / "grades.csv"
     with pytest.raises(SetupError, match=None) as refused:
         grade_all([SOLUTION_03], out, progress=False, **kwargs)
