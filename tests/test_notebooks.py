@@ -1,7 +1,7 @@
 """Committed notebooks are clean sources with a CPU-friendly `parameters` cell.
 
 The lessons are executed once, under papermill with their parameters, by the course report in
-tests/test_report.py; `make test` runs solutions/ and exercises/ through nbval.
+tests/test_report.py; solutions run in a kernel in tests/grading; `make test` runs exercises/ through nbval.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -185,6 +186,17 @@ def preflight(pool: Pool, exercises: set[str], hidden: dict[str, list], settings
                     f"{why}. Fix the hidden tests or raise the limits; nothing was graded")
 
 
+def _check_writable(*folders: Path) -> None:
+    """Refuse before grading, not after: a folder the results cannot be written to."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise SetupError(f"cannot write results to {folder}: {e.strerror or e}") from None
+
+
 def default_solutions() -> Path:
     here = Path("solutions")
     return here if here.is_dir() else PACKAGE_ROOT / "solutions"
@@ -213,6 +225,7 @@ def grade_all(submissions: list[Row] | list[Path], out_csv: Path, *, tests: Path
         if check_solutions:
             preflight(pool, {r.exercise for r in rows if not r.reason}, hidden, settings,
                       solutions or default_solutions())
+        _check_writable(out_csv.parent, feedback_dir or out_csv.parent / "feedback")
         pool.run(rows, hidden, settings, progress)
     write_outputs(rows, out_csv, feedback_dir or out_csv.parent / "feedback", deadline=deadline, formats=formats)
     return rows

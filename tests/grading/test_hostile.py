@@ -309,6 +309,7 @@ def _hidden_folder(tmp_path: Path, source: str) -> Path:
     ("a memory limit the solution cannot meet", {"settings": Settings(memory_mb=300)},
      "the reference solution 03_data_parallel.ipynb scores 0 / 2"),
     ("tests the solution fails", {"tests": "wrong"}, "scores 1.6 / 2 on 03.split_sizes"),
+    ("a process limit of zero jobs", {"settings": Settings(jobs=0)}, "--jobs 0"),
 ])
 def test_instructor_mistakes_are_refused_before_grading(tmp_path, mistake, kwargs, says):
     tests = {"syntax": "TESTS = {", "unknown": "TESTS = {'03.split_size': []}",
@@ -328,6 +329,13 @@ def test_instructor_mistakes_are_refused_before_grading(tmp_path, mistake, kwarg
         grade_all([SOLUTION_03], out, progress=False, **kwargs)
     assert says in str(refused.value), mistake
     assert not (tmp_path / "out").exists(), "nothing may be written"
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_grading(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SetupError, match="cannot write results to"):
+        grade_all([SOLUTION_03], blocker / "out" / "grades.csv", progress=False)
 
 
 def test_the_cli_refuses_mistakes_with_exit_code_2(tmp_path):
