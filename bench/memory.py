@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines import GuideCheckpointed, guide_optimize_batch_size, guide_search_steps  # noqa: E402
 from common import cli  # noqa: E402
 
+from labkit.guide import GuideCheckpointed, guide_optimize_batch_size, guide_search  # noqa: E402
 from labkit.memory import (  # noqa: E402
     checkpointed,
     compare_precisions,
@@ -49,14 +49,14 @@ def _capped_search(model, example, device: torch.device) -> dict[str, Any]:
         guide_batch, guide_trials = guide_optimize_batch_size(model, tuple(example.shape), str(device), start_size=4096)
         guide_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        clean = guide_search_steps(make_trial(model, example, device, budget_bytes=limit), 4096)
+        clean_batch, clean_log = guide_search(make_trial(model, example, device, budget_bytes=limit), 4096)
         clean_s = time.perf_counter() - t0
     return {
         "fraction": limit / torch.cuda.mem_get_info(device)[1], "budget_bytes": limit,
         "ours": {"batch": ours.batch, "trials": len(ours.trials), "seconds": ours.seconds,
                  "trial_log": [asdict(t) for t in ours.trials]},
         "guide": {"batch": guide_batch, "trials": guide_trials, "seconds": guide_s, "start_size": 4096},
-        "guide_steps_clean_trials": {"batch": clean[0], "trials": clean[1], "seconds": clean_s},
+        "guide_steps_clean_trials": {"batch": clean_batch, "trials": len(clean_log), "seconds": clean_s},
         "agree": ours.batch == guide_batch,
     }
 

@@ -7,16 +7,19 @@ anything, so the same picture can be drawn from a live run or from recorded resu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from labkit.measure import GPUMonitor
-from labkit.memory import MaxBatch
-from labkit.parallel.pipeline import StageEvent, bubble_fraction
-from labkit.sweep import SweepPoint
+from labkit.timeline import StageEvent, bubble_fraction
+
+if TYPE_CHECKING:  # named in annotations only: drawing imports no domain module (nor torch)
+    from labkit.measure import GPUMonitor
+    from labkit.memory import MaxBatch
+    from labkit.sweep import SweepPoint
 
 __all__ = [
     "plot_sweep",
@@ -192,10 +195,10 @@ def _draw_timeline(ax: Axes, timeline: Sequence[StageEvent], stages: int, title:
     span_ms = max((e.end_s for e in timeline), default=0.0) * 1e3
     for e in timeline:
         start, width = e.start_s * 1e3, (e.end_s - e.start_s) * 1e3
-        ax.broken_barh([(start, width)], (e.stage - 0.4, 0.8), facecolors=cmap(e.micro_batch % 10),
+        ax.broken_barh([(start, width)], (e.stage - 0.4, 0.8), facecolors=cmap(e.item % 10),
                        edgecolor="white", linewidth=0.5)
         if width > span_ms / 50:  # label the bars wide enough to hold a number
-            ax.text(start + width / 2, e.stage, str(e.micro_batch), ha="center", va="center", fontsize=7,
+            ax.text(start + width / 2, e.stage, str(e.item), ha="center", va="center", fontsize=7,
                     color="white", clip_on=True)
     ax.set_yticks(range(stages), stage_names or [f"stage {i}" for i in range(stages)])
     ax.set_ylim(stages - 0.5, -0.5)

@@ -97,7 +97,7 @@ def run_report(notebooks: list[Path], out_root: Path, *, device: str = "auto", s
     """Run ``notebooks`` and write ``out_root/<run>/`` (index.html, figures.json, executed notebooks)."""
     from nbconvert import HTMLExporter
 
-    from labkit.cli import doctor_facts
+    from labkit.doctor import doctor_facts
 
     facts = doctor_facts()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

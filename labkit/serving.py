@@ -2,8 +2,9 @@
 
 The guide's multi-model server is ``async`` but calls ``stream.synchronize()`` inside the
 coroutine: the event loop stops until that model's GPU work ends, so no two requests ever
-overlap (measured on an H200: 1.0x). Here each model's kernels are issued from its own thread
-onto its own stream, and completion is awaited through a CUDA event in that thread, so the
+overlap (`multi_model`, `seed_ms` against `sequential_ms`, in
+bench/results/2026-11-27-h200-anchors.json). Here each model's kernels are issued from its own
+thread onto its own stream, and completion is awaited through a CUDA event in that thread, so the
 event loop keeps serving and the GPU works on several models at once.
 """
 
@@ -24,6 +25,7 @@ from torch import nn
 from labkit.batching import DynamicBatcher
 from labkit.device import device_of
 from labkit.measure import LatencyStats
+from labkit.nested import map_tensors
 
 __all__ = ["MultiModelServer", "UnknownModelError", "ServerStoppedError"]
 
@@ -156,7 +158,7 @@ class MultiModelServer:
             out = served.fn(x.to(self.device, non_blocking=True))
             if served.stream is None:
                 return out
-            host = _to_host(out)
+            host = map_tensors(_to_host, out)
             done = torch.cuda.Event()
             done.record(served.stream)
         done.synchronize()  # blocks this model's thread only; the GIL is released meanwhile
@@ -176,15 +178,9 @@ class MultiModelServer:
         return out
 
 
-def _to_host(out: Any) -> Any:
+def _to_host(t: torch.Tensor) -> torch.Tensor:
     """A copy on the host, queued on the current stream (pinned destination: truly asynchronous)."""
-    if isinstance(out, torch.Tensor):
-        return out.to("cpu", non_blocking=True)
-    if isinstance(out, Mapping):
-        return {k: _to_host(v) for k, v in out.items()}
-    if isinstance(out, (tuple, list)):
-        return type(out)(_to_host(v) for v in out)
-    return out
+    return t.to("cpu", non_blocking=True)
 
 
 def _device_of(models: Any) -> torch.device:

@@ -3,8 +3,9 @@ successive batches on three streams, ordered by events, so that batch i+1 is cop
 batch i computes and batch i-1 is copied out.
 
 The guide's version copies with ``non_blocking=True`` from ordinary (pageable) memory; such a copy
-cannot be asynchronous (the driver stages it through its own pinned buffer), so nothing overlaps
-(measured on an H200: 0.99x of a plain loop; pinning alone gave 1.3x). Here every copy goes
+cannot be asynchronous (the driver stages it through its own pinned buffer), so nothing overlaps:
+no faster than a plain loop, where pinning alone was faster (`streams_pinned_False` and
+`streams_pinned_True` in bench/results/2026-11-27-h200-anchors.json). Here every copy goes
 through pinned host buffers that are allocated once and reused.
 """
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from labkit.device import device_of
 from labkit.graphs import GraphRunner
-from labkit.parallel.pipeline import StageEvent
+from labkit.timeline import StageEvent
 
 __all__ = ["StreamPipeline", "GraphRunner", "STAGES", "simple_loop"]
 
@@ -51,9 +52,10 @@ def _fit(buf: torch.Tensor | None, like: torch.Tensor, *, device: torch.device |
 class StreamPipeline:
     """Runs ``model`` over a stream of batches with copies and compute overlapped.
 
-    ``run(batches)`` takes CPU tensors and returns CPU outputs, in order. On a CPU it is a plain
-    loop (there is nothing to overlap). ``timeline`` (after a run with ``record=True``) holds a
-    `StageEvent` per batch and stage (0 copy in, 1 compute, 2 copy out), from CUDA events, for
+    ``run(batches)`` takes CPU tensors and returns CPU outputs, in order. On a CPU the batches
+    go through the same slots one at a time (there is nothing to overlap). ``timeline`` (after a
+    run with ``record=True``) holds a `StageEvent` per batch and stage (0 copy in, 1 compute, 2
+    copy out; on a CPU compute only), from CUDA events, for
     `labkit.plots.plot_pipeline_timeline`.
 
     Lifetimes: a pinned input buffer is refilled only after its previous copy finished; a device
@@ -61,7 +63,8 @@ class StreamPipeline:
     out, so the allocator cannot hand its memory to another stream meanwhile (no
     ``record_stream`` needed). Inputs already in pinned memory are copied from where they are;
     others are staged through the slot's own pinned buffer. The streams first wait for the
-    caller's stream, so work queued just before ``run`` (weights, inputs) is complete.
+    caller's stream, so work queued just before ``run`` (weights, inputs) is complete. A run that
+    raises waits for its work in flight and empties every slot: the next run starts clean.
     """
 
     def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor], buffers: int = 2, *,
@@ -72,30 +75,59 @@ class StreamPipeline:
         self.model = model
         self.buffers = buffers
         self.timeline: list[StageEvent] = []
-        if self.device.type == "cuda":
-            self.streams = [torch.cuda.Stream(self.device) for _ in STAGES]
-            self._slots = [_Buffer() for _ in range(buffers)]
+        self._slots = [_Buffer() for _ in range(buffers)]
+        cuda = self.device.type == "cuda"
+        self.streams = [torch.cuda.Stream(self.device) for _ in STAGES] if cuda else []
+        self._issue = self._issue_on_cuda if cuda else self._issue_on_host
+        self._collect = self._collect_on_cuda if cuda else self._collect_on_host
 
     def run(self, batches: Iterable[torch.Tensor], *, record: bool = False) -> list[torch.Tensor]:
+        """Batch i goes to slot i mod ``buffers``, whose previous batch is collected first."""
         self.timeline = []
-        if self.device.type != "cuda":
-            return self._run_on_cpu(batches, record)
+        self._start_clock()
         results: list[torch.Tensor] = []
-        caller = torch.cuda.current_stream(self.device)
-        for stream in self.streams:  # weights or inputs the caller just wrote may still be in flight
-            stream.wait_stream(caller)
-        self._origin = torch.cuda.Event(enable_timing=True)
-        self._origin.record(caller)
-        for i, x in enumerate(batches):
-            slot = self._slots[i % self.buffers]
-            if slot.index >= 0:  # this slot's previous batch: collect it before reusing the slot
-                results.append(self._collect(slot, record))
-            self._issue(slot, i, x, record)
-        pending = sorted((s for s in self._slots if s.index >= 0), key=lambda s: s.index)
-        results.extend(self._collect(s, record) for s in pending)
+        try:
+            for i, x in enumerate(batches):
+                slot = self._slots[i % self.buffers]
+                if slot.index >= 0:  # this slot's previous batch: collect it before reusing the slot
+                    results.append(self._collect(slot, record))
+                self._issue(slot, i, x, record)
+            pending = sorted((s for s in self._slots if s.index >= 0), key=lambda s: s.index)
+            results.extend(self._collect(s, record) for s in pending)
+        except BaseException:
+            for stream in self.streams:  # copies of this run may still read or write the slots' buffers
+                stream.synchronize()
+            raise
+        finally:
+            self._empty_slots()  # after a failure too: no batch of this run is left for the next
         return results
 
-    def _issue(self, slot: _Buffer, index: int, x: torch.Tensor, record: bool) -> None:
+    def _start_clock(self) -> None:
+        self._t0 = time.perf_counter()
+        if self.streams:
+            caller = torch.cuda.current_stream(self.device)
+            for stream in self.streams:  # weights or inputs the caller just wrote may still be in flight
+                stream.wait_stream(caller)
+            self._origin = torch.cuda.Event(enable_timing=True)
+            self._origin.record(caller)
+
+    def _empty_slots(self) -> None:
+        for slot in self._slots:
+            slot.output, slot.source, slot.index = None, None, -1
+
+    def _issue_on_host(self, slot: _Buffer, index: int, x: torch.Tensor, record: bool) -> None:
+        start = time.perf_counter() - self._t0
+        with torch.no_grad():
+            slot.output = self.model(x)
+        if record:
+            self.timeline.append(StageEvent(start, time.perf_counter() - self._t0, 1, index))
+        slot.rows, slot.index = len(x), index
+
+    def _collect_on_host(self, slot: _Buffer, record: bool) -> torch.Tensor:
+        out, slot.output, slot.index = slot.output, None, -1
+        return out
+
+    def _issue_on_cuda(self, slot: _Buffer, index: int, x: torch.Tensor, record: bool) -> None:
         copy_in, compute, copy_out = self.streams
         slot.events = [torch.cuda.Event(enable_timing=record) for _ in range(2 * len(STAGES))]
         start_in, end_in, start_c, end_c, start_out, end_out = slot.events
@@ -103,7 +135,7 @@ class StreamPipeline:
             source = x
         else:  # staged in this slot's pinned buffer, free again: its last copy ended before `_collect`
             slot.host_in = _fit(slot.host_in, x, pinned=True)
-            source = slot.host_in[: len(x)]
+            source = slot.host_in[: len(x)]  # (B, *in): the buffer may be longer than this batch
             source.copy_(x)
         slot.source = source
         slot.device_in = _fit(slot.device_in, x, device=self.device)
@@ -126,25 +158,14 @@ class StreamPipeline:
             end_out.record()
         slot.rows, slot.index = len(x), index
 
-    def _collect(self, slot: _Buffer, record: bool) -> torch.Tensor:
+    def _collect_on_cuda(self, slot: _Buffer, record: bool) -> torch.Tensor:
         slot.events[-1].synchronize()  # everything of this slot's batch is done
-        out = slot.host_out[: slot.rows].clone()
+        out = slot.host_out[: slot.rows].clone()  # (B, *out): the caller's own, the buffer stays ours
         if record:
             ms = [self._origin.elapsed_time(e) / 1e3 for e in slot.events]
             self.timeline += [StageEvent(ms[2 * k], ms[2 * k + 1], k, slot.index) for k in range(len(STAGES))]
         slot.output, slot.source, slot.index = None, None, -1
         return out
-
-    def _run_on_cpu(self, batches: Iterable[torch.Tensor], record: bool) -> list[torch.Tensor]:
-        results = []
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for i, x in enumerate(batches):
-                start = time.perf_counter() - t0
-                results.append(self.model(x))
-                if record:
-                    self.timeline.append(StageEvent(start, time.perf_counter() - t0, 1, i))
-        return results
 
 
 def simple_loop(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], batches: Iterable[torch.Tensor], device: str | torch.device) -> list[torch.Tensor]:

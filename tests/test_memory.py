@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from labkit.memory import _simulated_trial, activation_memory, find_max_batch, memory_stats
+from labkit.memory import activation_memory, find_max_batch, memory_stats
+from labkit.memory.trials import _simulated_trial
 from labkit.models import build_model, example_batch
 
 
@@ -232,27 +233,6 @@ def test_training_peak_on_the_meta_device_is_the_cpus():
     assert all(p.grad is None for p in model.parameters())  # the step leaves no gradients behind
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_balanced_cuts_minimise_the_largest_segment(seed):
-    import itertools
-    import random
-
-    from labkit.memory import _balanced_bounds
-
-    rng = random.Random(seed)
-    sizes = [rng.randint(0, 50) for _ in range(rng.randint(1, 9))]
-    k = rng.randint(1, len(sizes))
-    bounds = _balanced_bounds(sizes, k)
-    assert bounds[0] == 0 and bounds[-1] == len(sizes) and len(bounds) == k + 1
-    assert all(a < b for a, b in itertools.pairwise(bounds))  # no empty segment
-
-    def largest(cuts):
-        return max(sum(sizes[a:b]) for a, b in itertools.pairwise(cuts))
-
-    every = ([0, *c, len(sizes)] for c in itertools.combinations(range(1, len(sizes)), k - 1))
-    assert largest(bounds) == min(map(largest, every))
-
-
 def test_checkpointed_refuses_more_segments_than_layers():
     from labkit.memory import checkpointed
 
@@ -451,7 +431,7 @@ def test_measuring_a_training_step_or_cutting_segments_leaves_the_model_as_it_wa
 
 
 def test_memory_caps_nest_never_loosen_and_restore(monkeypatch):
-    from labkit import memory
+    from labkit.memory import cap
 
     calls = []
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 100 * 2**30))
@@ -459,17 +439,17 @@ def test_memory_caps_nest_never_loosen_and_restore(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.9, raising=False)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(memory, "_CAPS", {})
-    with memory.memory_cap(20 * 2**30) as limit:  # "cuda" is the current device, cuda:0
+    monkeypatch.setattr(cap, "_CAPS", {})
+    with cap.memory_cap(20 * 2**30) as limit:  # "cuda" is the current device, cuda:0
         assert limit == 20 * 2**30
-        with memory.memory_cap(50 * 2**30, "cuda:0") as inner:  # looser: the outer cap stays
+        with cap.memory_cap(50 * 2**30, "cuda:0") as inner:  # looser: the outer cap stays
             assert inner == limit
-            with memory.memory_cap(10 * 2**30, torch.device("cuda", 0)):
+            with cap.memory_cap(10 * 2**30, torch.device("cuda", 0)):
                 pass
-        with memory.memory_cap(10**15, "cuda:1") as whole:  # another device: no more than was set before
+        with cap.memory_cap(10**15, "cuda:1") as whole:  # another device: no more than was set before
             assert whole == int(0.9 * 100 * 2**30)
     assert [f for f, _ in calls] == [0.2, 0.2, 0.1, 0.2, 0.2, 0.9, 0.9, 0.9]
     assert {d for _, d in calls} == {"cuda:0", "cuda:1"}
     with pytest.raises(ValueError, match="CUDA"):
-        with memory.memory_cap(2**30, "cpu"):
+        with cap.memory_cap(2**30, "cpu"):
             pass

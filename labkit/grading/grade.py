@@ -9,65 +9,30 @@ import, limits the reference solutions cannot meet) are refused before anything 
 
 from __future__ import annotations
 
-import os
 import queue
-import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import nbformat
 from tqdm.auto import tqdm
 
 from labkit.grading.hidden import SetupError, load_hidden
+from labkit.grading.outputs import write_outputs
 from labkit.grading.questions import QUESTIONS
-from labkit.grading.sandbox import PACKAGE_ROOT, Sandbox
+from labkit.grading.sandbox import Sandbox
+from labkit.grading.submissions import (
+    Outcome,
+    Row,
+    collect_submissions,
+    default_solutions,
+    exercise_of,
+)
 
 __all__ = ["Outcome", "Pool", "Row", "Settings", "SetupError", "collect_submissions", "exercise_of", "grade_all",
            "preflight"]
-
-
-@dataclass
-class Outcome:
-    """One question of one submission, as the supervisor judged it."""
-
-    question: str
-    points: float
-    out_of: float
-    feedback: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # about the run: cells that failed, time-outs
-    details: list[str] = field(default_factory=list)  # the instructor's: every failure in full
-    log: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@dataclass
-class Row:
-    """One submitted notebook."""
-
-    submission: Path
-    student: str  # its path under the folder given: "alice" for submissions/alice/03_x.ipynb
-    exercise: str = ""
-    outcomes: list[Outcome] = field(default_factory=list)
-    reason: str = ""  # why it was not graded at all
-    seconds: float = 0.0
-    submitted: datetime | None = None
-
-    @property
-    def total(self) -> float:
-        return round(sum(o.points for o in self.outcomes), 2)
-
-    @property
-    def out_of(self) -> float:
-        return sum(o.out_of for o in self.outcomes)
-
-    @property
-    def name(self) -> str:
-        """Unique among the rows: the student and the notebook."""
-        return f"{self.student}/{self.submission.name}" if self.student != self.submission.stem else self.submission.name
 
 
 @dataclass(frozen=True)
@@ -83,38 +48,6 @@ class Settings:
             raise SetupError(f"--memory-mb {self.memory_mb}: expected at least 64 (MB per grading process)")
         if self.jobs < 1:
             raise SetupError(f"--jobs {self.jobs}: expected 1 or more")
-
-
-def collect_submissions(paths: list[Path]) -> list[Row]:
-    """Files as given; folders searched for ``*.ipynb`` (checkpoints left out). Each row names its
-    student by the path under the folder that holds them all."""
-    found: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            found += sorted(q for q in p.rglob("*.ipynb") if ".ipynb_checkpoints" not in q.parts)
-        else:
-            found.append(p)
-    roots = [p if p.is_dir() else p.parent for p in paths]
-    root = Path(os.path.commonpath([r.resolve() for r in roots])) if roots else Path.cwd()
-    rows = []
-    for path in found:
-        relative = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else Path(path.name)
-        student = relative.parent.as_posix() if relative.parent != Path(".") else relative.stem
-        rows.append(Row(path, student))
-    return rows
-
-
-def exercise_of(path: Path) -> str:
-    """The exercise a submission answers: its notebook metadata, else an ``NN_`` in its name."""
-    try:
-        number = nbformat.read(path, as_version=4).metadata.get("labkit", {}).get("exercise")
-    except Exception as e:
-        raise ValueError(f"not a readable notebook: {type(e).__name__}: {e}") from None
-    match = re.search(r"(?:^|[^0-9])(\d\d)_", path.name)
-    number = number or (match and match.group(1))
-    if not number or not any(q.startswith(f"{number}.") for q in QUESTIONS):
-        raise ValueError("cannot tell which exercise this is (no labkit.exercise metadata, no known NN_ in its name)")
-    return str(number)
 
 
 def _questions(exercise: str) -> list[str]:
@@ -197,19 +130,12 @@ def _check_writable(*folders: Path) -> None:
             raise SetupError(f"cannot write results to {folder}: {e.strerror or e}") from None
 
 
-def default_solutions() -> Path:
-    here = Path("solutions")
-    return here if here.is_dir() else PACKAGE_ROOT / "solutions"
-
-
 def grade_all(submissions: list[Row] | list[Path], out_csv: Path, *, tests: Path | None = None,
               settings: Settings = Settings(), feedback_dir: Path | None = None, solutions: Path | None = None,
               deadline: datetime | None = None, formats: tuple[str, ...] = (), progress: bool = True,
               check_solutions: bool = True) -> list[Row]:
     """Check the setup, grade every submission, then write the CSV, feedback, logs and summary.
     Raises SetupError (nothing graded, nothing written) for an instructor's mistake."""
-    from labkit.grading.outputs import write_outputs
-
     rows = submissions if submissions and isinstance(submissions[0], Row) else collect_submissions(list(submissions))
     settings.check()
     if out_csv.is_dir():

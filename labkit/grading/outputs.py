@@ -12,9 +12,9 @@ from pathlib import Path
 import nbformat
 
 from labkit.grading.child import code_cells
-from labkit.grading.grade import Row
 from labkit.grading.questions import QUESTIONS
 from labkit.grading.similarity import answer_source, similar_pairs, similarity_report
+from labkit.grading.submissions import Row, default_solutions, exercise_of
 
 __all__ = ["write_outputs"]
 
@@ -99,7 +99,6 @@ def _gradescope(row: Row) -> dict:
 
 def _similarity(rows: list[Row]) -> str:
     from labkit.grading.assign import make_exercise
-    from labkit.grading.grade import default_solutions, exercise_of
 
     answers: dict[str, dict[str, str]] = {}
     for student, counted in _counted(rows).items():

@@ -6,15 +6,13 @@ stand-ins of `labkit.device.devices(n)`, so the code paths run (and are tested) 
 
 from labkit.parallel.data import DataParallel, scaling_efficiency, split_sizes
 from labkit.parallel.model import ModelParallel, balanced_placement
-from labkit.parallel.pipeline import PipelineParallel, StageEvent, bubble_fraction, split_stages
+from labkit.parallel.pipeline import PipelineParallel, split_stages
 
 __all__ = [
     "DataParallel",
     "ModelParallel",
     "PipelineParallel",
-    "StageEvent",
     "balanced_placement",
-    "bubble_fraction",
     "scaling_efficiency",
     "split_sizes",
     "split_stages",

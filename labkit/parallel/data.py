@@ -68,13 +68,13 @@ class DataParallel:
         if x.shape[0] == 0:
             raise ValueError("empty batch")
         sizes = split_sizes(x.shape[0], self.shares)
-        chunks = torch.split(x, sizes)
+        chunks = torch.split(x, sizes)  # (sizes[i], *in) views, one per replica
         futures = [
             (worker.submit(self._run, replica, device, chunk))
             for worker, replica, device, chunk in zip(self._workers, self.replicas, self.devices, chunks, strict=True)
             if chunk.shape[0] > 0
         ]
-        return torch.cat([f.result() for f in futures])  # by position: input order, always
+        return torch.cat([f.result() for f in futures])  # (B, *out) by position: input order, always
 
     def _run(self, replica: nn.Module, device: torch.device, chunk: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -28,7 +28,10 @@ from labkit.models import build_model, example_batch, sequential_layers
 from labkit.parallel.data import split_sizes
 from labkit.parallel.pipeline import split_stages
 
-__all__ = ["shard", "main"]
+__all__ = ["shard", "micro_batching", "main"]
+
+LAUNCH = ("launch with torchrun, which starts one process per rank and tells each its RANK and WORLD_SIZE:\n"
+          "  torchrun --nproc-per-node 2 -m labkit.parallel.distributed pipeline --model mlp --items 256")
 
 
 def shard(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -38,7 +41,21 @@ def shard(n: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + sizes[rank]
 
 
+def micro_batching(items: int, micro_batches: int) -> tuple[int, int]:
+    """(micro-batches, rows padded to) for a GPipe step over ``items`` rows.
+
+    A pipeline stage sizes its buffers from the first micro-batch, so every micro-batch must be
+    the same size: the batch is padded to a multiple of the micro-batch count (copies of its last
+    row, dropped from the output), and never cut into more micro-batches than it has rows."""
+    if items < 1 or micro_batches < 1:
+        raise ValueError(f"items and micro-batches must be at least 1, got {items} and {micro_batches}")
+    n = min(micro_batches, items)
+    return n, -(-items // n) * n
+
+
 def _setup() -> tuple[int, int, torch.device]:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise SystemExit(f"python -m labkit.parallel.distributed: {LAUNCH}")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():
         local, per_node = int(os.environ.get("LOCAL_RANK", rank)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -60,8 +77,8 @@ def _data_parallel(args: argparse.Namespace, rank: int, world: int, device: torc
     data = example_batch(model, args.items, device="cpu", seed=args.seed)  # same data on every rank
     start, end = shard(args.items, rank, world)
     with torch.no_grad():
-        outs = [model(b.to(device)).cpu() for b in data[start:end].split(args.batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0)
+        outs = [model(b.to(device)).cpu() for b in data[start:end].split(args.batch_size)]  # (≤ batch, *out) each
+    return torch.cat(outs) if outs else torch.empty(0)  # (end - start, *out)
 
 
 def _pipeline(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> torch.Tensor | None:
@@ -70,13 +87,16 @@ def _pipeline(args: argparse.Namespace, rank: int, world: int, device: torch.dev
     model = build_model(args.model, args.size, "cpu", seed=args.seed)
     stage_module = split_stages(sequential_layers(model), world)[rank].to(device)
     stage = PipelineStage(stage_module, rank, world, device)
-    schedule = ScheduleGPipe(stage, n_microbatches=args.micro_batches)
+    n_micro, padded = micro_batching(args.items, args.micro_batches)  # the same on every rank
+    schedule = ScheduleGPipe(stage, n_microbatches=n_micro)
     with torch.no_grad():
         if rank == 0:
-            schedule.step(example_batch(model, args.items, device=device, seed=args.seed))
+            x = example_batch(model, args.items, device=device, seed=args.seed)  # (items, *input)
+            pad = x[-1:].expand(padded - args.items, *x.shape[1:])  # (padded - items, *input)
+            schedule.step(torch.cat([x, pad]))  # (padded, *input): n_micro equal micro-batches
             return None
-        out = schedule.step()
-    return out.cpu() if rank == world - 1 else None
+        out = schedule.step()  # (padded, *output) on the last rank
+    return out[: args.items].cpu() if rank == world - 1 else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -91,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="rank 0 saves the gathered outputs here (torch.save)")
     args = parser.parse_args(argv)
+    if args.items < 1 or args.micro_batches < 1 or args.batch_size < 1:
+        parser.error("--items, --micro-batches and --batch-size must be at least 1")
 
     rank, world, device = _setup()
     try:
@@ -103,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         dist.gather_object(local, gathered, dst=0)
         seconds = time.perf_counter() - t0
         if rank == 0:
-            outputs = torch.cat([t for t in gathered if t is not None])
+            outputs = torch.cat([t for t in gathered if t is not None])  # (items, *out) in rank order
             print(f"{args.mode} parallel over {world} {device.type} process(es): {outputs.shape[0]} outputs "
                   f"in {seconds:.2f} s ({outputs.shape[0] / seconds:,.0f} items/s)")
             if args.out:
@@ -116,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
     # Some of PyTorch's communication threads outlive the process group, and one of them now and
-    # then aborts the process as it exits ("terminate called without an active exception": 2 of
-    # 90 pipeline runs on two CPU processes). Everything is written by now: leave without the
+    # then aborts the process as it exits ("terminate called without an active exception", seen
+    # in pipeline runs on two CPU processes). Everything is written by now: leave without the
     # C++ destructors.
     sys.stdout.flush()
     sys.stderr.flush()

@@ -8,21 +8,16 @@ is the way to keep several devices busy).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
+from labkit.nested import map_tensors
+from labkit.partition import balanced_cuts
+
 __all__ = ["ModelParallel", "balanced_placement"]
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
-    return value
 
 
 def _placeable(model: nn.Module, k: int) -> list[str]:
@@ -44,24 +39,17 @@ def _placeable(model: nn.Module, k: int) -> list[str]:
 
 
 def balanced_placement(model: nn.Module, devices: Sequence[torch.device | str]) -> dict[str, torch.device]:
-    """Place the model's children, in order, in contiguous groups of about equal parameter
-    count, one non-empty group per device."""
+    """Place the model's children, in order, in contiguous groups, one non-empty group per
+    device, the largest group's parameter count least (the device that must hold it sets the
+    memory each needs)."""
     k = len(devices)
     names = _placeable(model, k)
     if not 1 <= k <= len(names):
         raise ValueError(f"{type(model).__name__} has {len(names)} placeable children: cannot fill {k} devices")
     weights = [sum(p.numel() for p in model.get_submodule(n).parameters()) + 1 for n in names]
-    total = sum(weights)
-    placement: dict[str, torch.device] = {}
-    group, running, group_size = 0, 0, 0
-    for i, (name, w) in enumerate(zip(names, weights, strict=True)):
-        past_target = running + w / 2 > total * (group + 1) / k
-        too_few_left = len(names) - i - 1 < k - 1 - group  # later groups would go empty
-        if group < k - 1 and group_size and (past_target or too_few_left):
-            group, group_size = group + 1, 0
-        placement[name] = torch.device(devices[group])
-        running, group_size = running + w, group_size + 1
-    return placement
+    cuts = balanced_cuts(weights, k)
+    return {name: torch.device(devices[group]) for group, (a, b) in enumerate(itertools.pairwise(cuts))
+            for name in names[a:b]}
 
 
 class ModelParallel(nn.Module):
@@ -101,7 +89,7 @@ class ModelParallel(nn.Module):
         for name, device in self.placement.items():
             child = model.get_submodule(name)
             child.to(device)
-            self._hooks.append(child.register_forward_pre_hook(lambda _m, args, d=device: _to(args, d)))
+            self._hooks.append(child.register_forward_pre_hook(lambda _m, args, d=device: map_tensors(lambda t: t.to(d), args)))
         self.input_device = first
         if hasattr(model, "input_spec"):
             self.input_spec = model.input_spec

@@ -4,66 +4,38 @@ The guide's version runs stage 1 on a batch, then stage 2, and so on, in one thr
 device but one is idle at any moment. Here each stage has its own thread (and, on a GPU, its own
 stream), stages are linked by bounded queues, and the batch is cut into micro-batches, so stage
 2 works on micro-batch 1 while stage 1 works on micro-batch 2. The devices idle only while the
-pipeline fills and drains (the *bubble*), which `timeline` records and `bubble_fraction` measures.
+pipeline fills and drains (the *bubble*), which `timeline` records and
+`labkit.timeline.bubble_fraction` measures.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["PipelineParallel", "StageEvent", "split_stages", "bubble_fraction"]
+from labkit.partition import balanced_cuts
+from labkit.timeline import StageEvent, bubble_fraction
+
+__all__ = ["PipelineParallel", "split_stages"]
 
 _STOP = object()
 
 
-@dataclass(frozen=True, order=True)
-class StageEvent:
-    """One stage working on one micro-batch, in seconds from the start of the call."""
-
-    start_s: float
-    end_s: float
-    stage: int
-    micro_batch: int
-
-
 def split_stages(layers: Sequence[nn.Module], n: int) -> list[nn.Sequential]:
-    """Cut an ordered list of layers into ``n`` contiguous stages of about equal parameter count."""
+    """Cut an ordered list of layers into ``n`` contiguous stages whose largest parameter count
+    is least: a pipeline runs at the pace of its slowest stage."""
     if not 1 <= n <= len(layers):
         raise ValueError(f"cannot cut {len(layers)} layers into {n} non-empty stages")
-    weights = [sum(p.numel() for p in layer.parameters()) + 1 for layer in layers]
-    sizes, start = [], 0
-    for stage in range(n):  # grow each stage until it holds its share of what is left
-        left = sum(weights[start:])
-        goal = left / (n - stage)
-        end, acc = start, 0
-        while end < len(layers) - (n - stage - 1) and (end == start or acc + weights[end] / 2 <= goal):
-            acc += weights[end]
-            end += 1
-        sizes.append(end - start)
-        start = end
-    sizes[-1] += len(layers) - start
-    stages, i = [], 0
-    for size in sizes:
-        stages.append(nn.Sequential(*layers[i : i + size]))
-        i += size
-    return stages
-
-
-def bubble_fraction(timeline: Sequence[StageEvent], stages: int) -> float:
-    """Share of stage-time spent idle between the first start and the last end."""
-    if not timeline:
-        return 0.0
-    span = max(e.end_s for e in timeline) - min(e.start_s for e in timeline)
-    busy = sum(e.end_s - e.start_s for e in timeline)
-    return 1.0 - busy / (stages * span) if span > 0 else 0.0
+    weights = [sum(p.numel() for p in layer.parameters()) + 1 for layer in layers]  # +1: a layer without weights still runs
+    cuts = balanced_cuts(weights, n)
+    return [nn.Sequential(*layers[a:b]) for a, b in itertools.pairwise(cuts)]
 
 
 class PipelineParallel:
@@ -152,7 +124,7 @@ class PipelineParallel:
             stage, index, exc = min(errors, key=lambda e: e[1])
             exc.add_note(f"raised by pipeline stage {stage} ({self.devices[stage]}) on micro-batch {index}")
             raise exc
-        return torch.cat(results)
+        return torch.cat(results)  # (B, *out): micro-batches in input order
 
     def run_sequential(self, x: torch.Tensor) -> torch.Tensor:
         """The same stages one after another on one thread (plain model parallelism): the
@@ -167,12 +139,12 @@ class PipelineParallel:
                 events.append(StageEvent(start - t0, time.perf_counter() - t0, i, index))
             outs.append(tensor)
         self.timeline = sorted(events)
-        return torch.cat(outs)
+        return torch.cat(outs)  # (B, *out)
 
     def _micro_batches(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.shape[0] == 0:
             raise ValueError("empty batch")
-        return torch.split(x, self.micro_batch_size)
+        return torch.split(x, self.micro_batch_size)  # (micro_batch_size, *in) views; the last may be shorter
 
     @staticmethod
     def _run_stage(stage: nn.Module, device: torch.device, stream: torch.cuda.Stream | None,

@@ -54,6 +54,29 @@ def test_pipeline_outputs_equal_the_model_in_order(buffers):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("buffers", [1, 2, 3])
+def test_a_run_that_raises_leaves_nothing_for_the_next_run(buffers):
+    """The CPU test of the same name on the CUDA path: copies in flight when batch 2 raises."""
+
+    class FailsOn(nn.Module):
+        def __init__(self, bad: set[float]) -> None:
+            super().__init__()
+            self.bad = bad
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if float(x.flatten()[0]) in self.bad:
+                raise RuntimeError(f"bad batch {float(x.flatten()[0])}")
+            return x + 1
+
+    pipe = StreamPipeline(FailsOn({2.0}), buffers=buffers, device="cuda")
+    with pytest.raises(RuntimeError, match="bad batch 2"):
+        pipe.run([torch.full((3, 2), float(i)) for i in range(5)])
+    batches = [torch.full((2, 2), 10.0 + i) for i in range(4)]
+    outs = pipe.run(batches)
+    assert len(outs) == 4  # this run's outputs only, none of the failed run's
+    assert all(torch.equal(o, b + 1) for o, b in zip(outs, batches, strict=True))
+
+
 def test_copy_in_of_the_next_batch_overlaps_the_compute_of_this_one():
     model = GpuSleep().cuda()
     # pinned and small (4 MB): no host-side staging or output copy outlasts the 10+ ms of compute
@@ -61,7 +84,7 @@ def test_copy_in_of_the_next_batch_overlaps_the_compute_of_this_one():
     pipe = StreamPipeline(model, buffers=2)
     outs = pipe.run(batches, record=True)
     assert all(torch.equal(o, b + 1) for o, b in zip(outs, batches, strict=True))
-    event = {(e.stage, e.micro_batch): e for e in pipe.timeline}
+    event = {(e.stage, e.item): e for e in pipe.timeline}
     for i in range(3):
         assert event[0, i + 1].start_s < event[1, i].end_s  # copy in of i+1 while i computes
 

@@ -1,4 +1,4 @@
-"""labkit.parallel.pipeline: split_stages, bubble_fraction and PipelineParallel on CPU stand-ins."""
+"""labkit.parallel.pipeline: split_stages and PipelineParallel on CPU stand-ins."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from torch import nn
 
 from labkit.device import devices
 from labkit.models import build_model, example_batch, sequential_layers
-from labkit.parallel import PipelineParallel, StageEvent, bubble_fraction, split_stages
+from labkit.parallel import PipelineParallel, split_stages
+from labkit.timeline import StageEvent, bubble_fraction
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,10 +40,10 @@ def check_timeline(pipe: PipelineParallel, n_items: int) -> None:
     n_micro = -(-n_items // pipe.micro_batch_size)
     timeline = pipe.timeline
     assert len(timeline) == n_stages * n_micro
-    assert {(e.stage, e.micro_batch) for e in timeline} == set(itertools.product(range(n_stages), range(n_micro)))
+    assert {(e.stage, e.item) for e in timeline} == set(itertools.product(range(n_stages), range(n_micro)))
     assert timeline == sorted(timeline)
     assert all(0 <= e.start_s <= e.end_s for e in timeline)
-    at = {(e.stage, e.micro_batch): e for e in timeline}
+    at = {(e.stage, e.item): e for e in timeline}
     for s, m in itertools.product(range(n_stages), range(n_micro)):
         if s > 0:  # a stage starts a micro-batch only once the stage before it is done with it
             assert at[s, m].start_s >= at[s - 1, m].end_s
@@ -130,30 +131,6 @@ def test_split_stages_rejects_bad_counts(models):
         split_stages(layers, 0)
     with pytest.raises(ValueError):
         split_stages([], 1)
-
-
-# --- bubble_fraction ---------------------------------------------------------------------------
-
-
-def test_bubble_fraction_on_a_hand_made_timeline():
-    # two stages, two micro-batches of 1 s each: stage 0 busy 0-2, stage 1 busy 1-3
-    timeline = [StageEvent(0, 1, 0, 0), StageEvent(1, 2, 0, 1), StageEvent(1, 2, 1, 0), StageEvent(2, 3, 1, 1)]
-    assert bubble_fraction(timeline, 2) == pytest.approx(1 - 4 / 6)
-    # the same work one stage at a time (no pipelining): half of the stage-time is idle
-    sequential = [StageEvent(0, 1, 0, 0), StageEvent(1, 2, 1, 0), StageEvent(2, 3, 0, 1), StageEvent(3, 4, 1, 1)]
-    assert bubble_fraction(sequential, 2) == pytest.approx(0.5)
-    # a timeline that does not start at 0, and uneven stages
-    shifted = [StageEvent(10, 12, 0, 0), StageEvent(12, 13, 1, 0)]
-    assert bubble_fraction(shifted, 2) == pytest.approx(1 - 3 / 6)
-    # fully busy
-    assert bubble_fraction([StageEvent(0, 2, 0, 0), StageEvent(0, 2, 1, 0)], 2) == pytest.approx(0.0)
-    # three stages, one event
-    assert bubble_fraction([StageEvent(0, 1, 0, 0)], 3) == pytest.approx(2 / 3)
-
-
-def test_bubble_fraction_edge_cases():
-    assert bubble_fraction([], 2) == 0.0
-    assert bubble_fraction([StageEvent(1, 1, 0, 0), StageEvent(1, 1, 1, 0)], 2) == 0.0  # zero span
 
 
 # --- PipelineParallel: equal to the model ------------------------------------------------------
