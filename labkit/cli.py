@@ -16,6 +16,10 @@ from typing import Any
 __all__ = ["main"]
 
 
+# the `course` extra of pyproject.toml: the report, the grader and assign import these
+COURSE_MODULES = {"papermill", "nbclient", "nbformat", "nbconvert", "jinja2", "ipykernel", "ipywidgets"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkit", description="GPU Inference Lab tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,14 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
                         help="compare the figures of two runs (folders or figures.json) instead of running")
     args = parser.parse_args(argv)
-
-    if args.command == "report":
-        return _report(args)
-    if args.command == "assign":
-        return _assign(args)
-    if args.command == "grade":
-        return _grade(args)
-    return _doctor(args)
+    command = {"report": _report, "assign": _assign, "grade": _grade}.get(args.command, _doctor)
+    try:
+        return command(args)
+    except ModuleNotFoundError as e:
+        if e.name not in COURSE_MODULES:
+            raise
+        print(f"labkit {args.command} needs {e.name}, from the course tools: pip install 'labkit[course]'",
+              file=sys.stderr)
+        return 2
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -77,14 +82,19 @@ def _doctor(args: argparse.Namespace) -> int:
 def _assign(args: argparse.Namespace) -> int:
     from labkit.grading.assign import assign, stale_exercises
 
-    if args.check:
-        stale = stale_exercises(args.solutions, args.exercises)
-        if stale:
-            print(f"exercises out of date: {', '.join(stale)}; run `labkit assign`", file=sys.stderr)
-            return 1
-        print("exercises are in sync with solutions")
-        return 0
-    for path in assign(args.solutions, args.exercises):
+    try:
+        if args.check:
+            stale = stale_exercises(args.solutions, args.exercises)
+            if stale:
+                print(f"exercises out of date: {', '.join(stale)}; run `labkit assign`", file=sys.stderr)
+                return 1
+            print("exercises are in sync with solutions")
+            return 0
+        written = assign(args.solutions, args.exercises)
+    except ValueError as e:  # nothing was written
+        print(f"labkit assign: {e}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     return 0
 
@@ -125,25 +135,55 @@ def _grade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from labkit.report import compare, failed_claims, run_report
+def _report_setup(args: argparse.Namespace) -> tuple[list[Path], dict[str, dict[str, Any]]]:
+    """The notebooks and their parameters, every mistake refused before a kernel starts
+    (`ValueError` with the reason)."""
+    from labkit.device import pick_device
 
-    if args.compare:
-        print(compare(*args.compare))
-        return 0
+    try:
+        pick_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"--device {args.device}: {e}") from None
+    notebooks = args.notebooks or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
+    if not notebooks:
+        raise ValueError(f"no lessons here ({Path.cwd()}): expected notebooks/NN_*.ipynb; run from the "
+                         "project folder or name the notebooks")
+    missing = [str(p) for p in notebooks if not p.is_file()]
+    if missing:
+        raise ValueError(f"no such notebook: {', '.join(missing)}")
     params: dict[str, dict[str, Any]] = {}
+    names = {p.stem for p in notebooks}
     for item in args.param:
         notebook, _, assignment = item.partition(":")
         key, eq, value = assignment.partition("=")
         if not (notebook and key and eq):
-            print(f"--param {item!r}: expected NOTEBOOK:KEY=VALUE", file=sys.stderr)
-            return 2
+            raise ValueError(f"--param {item!r}: expected NOTEBOOK:KEY=VALUE")
+        if notebook.removesuffix(".ipynb") not in names:
+            raise ValueError(f"--param {item!r}: no notebook {notebook!r} in this run; notebooks are: "
+                             f"{', '.join(sorted(names))}")
         try:
             parsed: Any = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             parsed = value
         params.setdefault(notebook.removesuffix(".ipynb"), {})[key] = parsed
-    notebooks = args.notebooks or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
+    return notebooks, params
+
+
+def _report(args: argparse.Namespace) -> int:
+    from labkit.report import compare, failed_claims, run_report
+
+    if args.compare:
+        try:
+            print(compare(*args.compare))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"labkit report --compare: {e}", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        notebooks, params = _report_setup(args)
+    except ValueError as e:
+        print(f"labkit report: {e}", file=sys.stderr)
+        return 2
     folder, runs = run_report(notebooks, args.out, device=args.device, size=args.size, params=params,
                               timeout_s=args.timeout)
     failed = [r for r in runs if r.status != "ok"]

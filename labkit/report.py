@@ -82,7 +82,10 @@ def _execute(path: Path, out: Path, parameters: dict[str, Any], timeout_s: float
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(path.parent),
-                                   kernel_name="python3", progress_bar=False, execution_timeout=timeout_s)
+                                   kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
+                                   # the kernel's own warning (TCP without encryption) once per notebook
+                                   # would drown the progress bar; its errors still reach papermill
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except papermill.PapermillExecutionError as e:
         run.status, run.failed_cell, run.error = "failed", e.exec_count, f"{e.ename}: {e.evalue}"
     except Exception as e:  # a kernel that died, a timeout, an unreadable notebook
@@ -97,11 +100,13 @@ def run_report(notebooks: list[Path], out_root: Path, *, device: str = "auto", s
     """Run ``notebooks`` and write ``out_root/<run>/`` (index.html, figures.json, executed notebooks)."""
     from nbconvert import HTMLExporter
 
+    from labkit.device import pick_device
     from labkit.doctor import doctor_facts
 
     facts = doctor_facts()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = out_root / f"{stamp}-{facts['device'].replace(':', '')}-{size}"
+    used = pick_device(device)  # the folder names the device the lessons ran on, not the default
+    folder = out_root / f"{stamp}-{used.type}{used.index if used.index is not None else ''}-{size}"
     folder.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter()
     runs = []
@@ -133,9 +138,17 @@ def run_report(notebooks: list[Path], out_root: Path, *, device: str = "auto", s
 
 
 def read_figures(path: Path) -> dict[str, Any]:
-    """A run's figures.json, from the file or its run folder."""
-    path = path / "figures.json" if path.is_dir() else path
-    return json.loads(path.read_text())
+    """A run's figures.json, from the file or its run folder (`ValueError` saying what is wrong)."""
+    file = path / "figures.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"{path}: no such run (expected a run folder holding figures.json, or the file)")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not a figures.json written by labkit report ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("notebooks"), dict):
+        raise ValueError(f"{file}: not a figures.json written by labkit report (no 'notebooks')")
+    return data
 
 
 def compare(a: Path, b: Path) -> str:

@@ -29,10 +29,38 @@ def test_environment_yml_installs_the_project_and_nothing_else():
     assert SpecifierSet(PYPROJECT["requires-python"]).contains(python.split("=")[1] + ".0")
 
 
+def _extra(name: str) -> set[str]:
+    """An extra's packages, the extras it names (``labkit[course]``) included."""
+    names = set()
+    for r in map(Requirement, PYPROJECT["optional-dependencies"][name]):
+        names |= set().union(*(_extra(e) for e in r.extras)) if r.name == "labkit" else {r.name.lower()}
+    return names
+
+
 def test_dev_extra_has_the_course_tools():
-    names = _names(PYPROJECT["dependencies"]) | _names(PYPROJECT["optional-dependencies"]["dev"])
+    names = _names(PYPROJECT["dependencies"]) | _extra("dev")
     needed = {"pytest", "nbval", "papermill", "nbclient", "jupyterlab", "ipywidgets", "matplotlib", "nvidia-ml-py", "ruff"}
     assert needed <= names, f"missing: {needed - names}"
+
+
+def test_the_course_extra_holds_what_the_cli_imports():
+    assert {"papermill", "nbclient", "nbformat", "nbconvert", "jinja2", "ipykernel"} <= _extra("course")
+
+
+def test_a_missing_course_package_names_the_extra_to_install(tmp_path):
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'papermill' or name == 'nbformat':\n"
+        "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from labkit.cli import main\n"
+        "sys.exit(main(['report', '--device', 'cpu']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'labkit[course]'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_torch_is_never_pinned_to_a_build_in_the_package():

@@ -143,6 +143,8 @@ def test_a_failing_notebook_gives_a_partial_report_and_a_non_zero_exit(tiny_note
     good_figs = {f["name"]: f for f in data["notebooks"]["10_good"]["figures"]}
     bad_figs = [f["name"] for f in data["notebooks"]["11_bad"]["figures"]]
     assert good_figs["n"]["value"] == 5  # --param reached that notebook only
+    assert "without encryption" not in cli.stderr  # the kernel's warning no longer drowns the progress
+    assert "-cpu-small" in folder.name
     assert good_figs["speed"]["reference_card"].startswith("NVIDIA H200")
     assert bad_figs == ["before the failure"]
     assert data["notebooks"]["10_good"]["images"] and (folder / "11_bad.html").exists()
@@ -153,6 +155,46 @@ def test_param_must_name_a_notebook_and_a_key(tiny_notebooks, tmp_path):
     cli = subprocess.run([sys.executable, "-m", "labkit.cli", "report", str(good), "--param", "n=5"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert cli.returncode == 2 and "NOTEBOOK:KEY=VALUE" in cli.stderr
+
+
+def _report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labkit.cli", "report", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["{good}", "--param", "10_goood:n=5"], "no notebook '10_goood' in this run"),
+    (["{good}", "--device", "tpu"], "--device tpu: device must be"),
+    (["{good}", "--device", "cpu:1"], "--device cpu:1"),
+    (["{tmp}/nowhere.ipynb"], "no such notebook"),
+    ([], "no lessons here"),
+    (["--compare", "{tmp}/missing", "{tmp}"], "no such run"),
+    (["--compare", "{tmp}/broken.json", "{tmp}/broken.json"], "not a figures.json written by labkit report"),
+])
+def test_report_mistakes_are_refused_up_front_in_one_line(tiny_notebooks, tmp_path, args, says):
+    good, _ = tiny_notebooks
+    (tmp_path / "broken.json").write_text("{not json")
+    cli = _report_cli(*(a.format(good=good, tmp=tmp_path) for a in args), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert cli.returncode == 2 and says in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before a kernel started
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where CUDA is missing")
+def test_report_refuses_cuda_without_a_gpu_once(tiny_notebooks, tmp_path):
+    good, bad = tiny_notebooks
+    cli = _report_cli(str(good), str(bad), "--device", "cuda", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert cli.returncode == 2 and cli.stderr.count("sees no CUDA device") == 1
+
+
+def test_the_run_folder_names_the_device_the_lessons_ran_on(tiny_notebooks, tmp_path, monkeypatch):
+    import labkit.doctor
+
+    good, _ = tiny_notebooks
+    facts = labkit.doctor.doctor_facts()
+    monkeypatch.setattr(labkit.doctor, "doctor_facts", lambda: {**facts, "device": "cuda:0"})  # this machine's default
+    folder, _ = run_report([good], tmp_path / "out", device="cpu", progress=False)
+    assert "-cpu-small" in folder.name and "cuda" not in folder.name
 
 
 def test_compare_two_runs(tmp_path):

@@ -42,38 +42,59 @@ def strip_solutions(source: str) -> str:
 
 
 def make_exercise(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The learner's copy of ``solution`` (`ValueError` naming the cell of a malformed block)."""
     exercise = nbformat.from_dict(solution)  # a deep copy
-    for cell in exercise.cells:
+    for number, cell in enumerate(exercise.cells, 1):
         if "solution" in cell.metadata.get("tags", []):
             cell.source = ANSWER_HERE if cell.cell_type == "markdown" else "# your answer here"
             cell.metadata["tags"] = [t for t in cell.metadata["tags"] if t != "solution"] + ["answer"]
         elif cell.cell_type == "code":
-            cell.source = strip_solutions(cell.source)
+            try:
+                cell.source = strip_solutions(cell.source)
+            except ValueError as e:
+                raise ValueError(f"cell {number}: {e}") from None
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     return exercise
 
 
 def _pairs(solutions: Path, exercises: Path) -> list[tuple[Path, Path]]:
-    return [(s, exercises / s.name) for s in sorted(solutions.glob("*.ipynb"))]
+    pairs = [(s, exercises / s.name) for s in sorted(solutions.glob("*.ipynb"))]
+    if not pairs:
+        raise ValueError(f"no solutions in {solutions.resolve()}: expected solutions/NN_*.ipynb "
+                         "(run from the project folder, or pass --solutions)")
+    return pairs
+
+
+def _exercise(source: Path) -> nbformat.NotebookNode:
+    try:
+        return make_exercise(nbformat.read(source, as_version=4))
+    except Exception as e:  # unreadable JSON, a malformed solution block
+        raise ValueError(f"{source}: {e}") from None
 
 
 def assign(solutions: Path, exercises: Path) -> list[Path]:
-    """Write one exercise per solution notebook; return the paths written."""
+    """Write one exercise per solution notebook, all or none: every solution is turned into its
+    exercise before the first file is written. Returns the paths written."""
+    made = [(target, _exercise(source)) for source, target in _pairs(solutions, exercises)]
     exercises.mkdir(parents=True, exist_ok=True)
-    written = []
-    for source, target in _pairs(solutions, exercises):
-        nbformat.write(make_exercise(nbformat.read(source, as_version=4)), target)
-        written.append(target)
-    return written
+    for target, exercise in made:
+        nbformat.write(exercise, target)
+    return [target for target, _ in made]
 
 
 def stale_exercises(solutions: Path, exercises: Path) -> list[str]:
-    """Names of exercises missing, out of date or left over (empty: `exercises/` is in sync)."""
+    """Names of exercises missing, out of date, unreadable (with why) or left over (empty:
+    `exercises/` is in sync)."""
     stale = []
     for source, target in _pairs(solutions, exercises):
-        expected = json.loads(nbformat.writes(make_exercise(nbformat.read(source, as_version=4))))
-        if not target.exists() or json.loads(target.read_text()) != expected:
+        expected = json.loads(nbformat.writes(_exercise(source)))
+        try:
+            current = json.loads(target.read_text()) if target.exists() else None
+        except (OSError, ValueError) as e:
+            stale.append(f"{target.name} (not a readable notebook: {e})")
+            continue
+        if current != expected:
             stale.append(target.name)
     known = {s.name for s in solutions.glob("*.ipynb")}
     stale += [p.name for p in sorted(exercises.glob("*.ipynb")) if p.name not in known]

@@ -101,6 +101,39 @@ def test_solution_tagged_cells_are_emptied_and_outputs_cleared():
     assert "BEGIN SOLUTION" not in json.dumps(ex)
 
 
+def _assign_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labkit.cli", "assign", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_assign_names_the_notebook_and_cell_of_an_unclosed_block_and_writes_nothing(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    nbformat.write(nbformat.read(SOLUTION_03, as_version=4), tmp_path / "solutions" / SOLUTION_03.name)
+    broken = nbformat.read(SOLUTION_03, as_version=4)
+    index = next(i for i, c in enumerate(broken.cells) if "def split_sizes(" in c.source)
+    broken.cells[index].source = "# BEGIN SOLUTION\nx = 1"
+    nbformat.write(broken, tmp_path / "solutions" / "04_broken.ipynb")
+    cli = _assign_cli(cwd=tmp_path)
+    assert cli.returncode == 2, cli.stdout
+    assert f"04_broken.ipynb: cell {index + 1}: a '# BEGIN SOLUTION' block is never closed" in cli.stderr
+    assert not (tmp_path / "exercises").exists()
+
+
+def test_assign_check_names_a_corrupt_exercise(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "exercises").mkdir()
+    nbformat.write(nbformat.read(SOLUTION_03, as_version=4), tmp_path / "solutions" / SOLUTION_03.name)
+    (tmp_path / "exercises" / SOLUTION_03.name).write_text("{ not json")
+    cli = _assign_cli("--check", cwd=tmp_path)
+    assert cli.returncode == 1 and f"{SOLUTION_03.name} (not a readable notebook" in cli.stderr
+
+
+def test_assign_outside_the_project_refuses_and_creates_nothing(tmp_path):
+    cli = _assign_cli(cwd=tmp_path)
+    assert cli.returncode == 2 and "no solutions in" in cli.stderr
+    assert not (tmp_path / "exercises").exists()
+
+
 # -- check() in the notebook ------------------------------------------------------------------
 
 
