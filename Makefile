@@ -15,10 +15,11 @@ setup: $(STAMP)
 
 # Re-runs only when pyproject.toml changes. torch==2.13.0 is the CPU build on our machines; it is
 # installed only when the venv has no torch, so a CUDA build a user put there is kept.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml lab/overrides.json
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0 $(QUIET_PIP)
 	$(PY) -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
+	@mkdir -p $(VENV)/share/jupyter/lab/settings && cp lab/overrides.json $(VENV)/share/jupyter/lab/settings/
 	@touch $@
 
 # Lessons run under papermill with their parameters (tests/test_report.py); solutions run in a
@@ -30,8 +31,10 @@ test: setup
 report: setup
 	$(VENV)/bin/labkit report --device $(DEVICE) --size $(SIZE)
 
+# Rooted at the project, so that lessons and exercises are both in reach; opens on START.md, shown
+# rendered (lab/overrides.json, installed into the venv by setup).
 lab: setup
-	$(PY) -m jupyter lab notebooks
+	$(PY) -m jupyter lab --ServerApp.root_dir=$(CURDIR) START.md
 
 # For a machine with a GPU and its own python3 + torch (the lent GPU image has no network): no
 # venv, no installs, the checkout on PYTHONPATH.

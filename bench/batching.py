@@ -1,8 +1,10 @@
 """Benchmark for lessons 01-02: what the batcher's machinery costs, and what it delivers on a GPU.
 
-CPU (always): requests/s and µs per request through `DynamicBatcher` with a trivial model,
-beside the bare asyncio floor (one task and one future per request, resolved at once) measured
-in the same run; CPU time an idle batcher burns, ours against the guide's polling design.
+CPU (always): the batcher's own cost, as a new user meets it: a tiny MLP, 20,000 requests at
+once, through the bare asyncio floor (one task and one future per request, no batching), the
+guide's naive batcher and `DynamicBatcher`, in interleaved rounds (medians); the same with a
+trivial model at batches of 32 and 64; what copying large result rows costs (`row_copy_cost`);
+CPU time an idle batcher burns, ours against the guide's polling design.
 GPU (when present): ResNet-50 fp32 224², batch 32, fed float32 or uint8 images, eager or through
 CUDA graphs: the batcher's closed-loop throughput against the same model called
 directly on ready batches, and against sequential batch 1; NVML utilisation at saturation;
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines import GuideBatcher  # noqa: E402
 from common import cli  # noqa: E402
 
 from labkit.batching import AdaptiveBatcher, DynamicBatcher  # noqa: E402
 from labkit.device import sync  # noqa: E402
 from labkit.graphs import GraphRunner  # noqa: E402
+from labkit.guide import GuideBatcher  # noqa: E402
 from labkit.load import closed_loop, open_loop  # noqa: E402
 from labkit.measure import GPUMonitor  # noqa: E402
 from labkit.models import ImageBytes, build_model, example_batch  # noqa: E402
@@ -50,6 +53,71 @@ async def _waves(submit, x: torch.Tensor, total: int, wave: int) -> float:
         return time.perf_counter() - t0
     finally:
         gc.enable()
+
+
+def _tiny_mlp() -> torch.nn.Module:
+    """The model a new user tries first: small enough that the batcher's own cost shows."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16)).eval()
+
+
+async def batcher_cost(total: int = 20_000, rounds: int = 5) -> dict[str, Any]:
+    """Requests/s for ``total`` requests submitted at once (one task each, as ``asyncio.gather``
+    makes them) through the floor, the guide's batcher and ours, serving `_tiny_mlp` at batches
+    of 32; ``rounds`` interleaved rounds, medians, the collector paused while timing (`_waves`).
+
+    The floor resolves each request's future on the next loop turn and computes nothing: what
+    asyncio alone costs per request. Ours keeps every guarantee (validation, backpressure sized
+    to the load, timeouts, one outcome each); the guide's keeps none of them.
+    """
+    loop = asyncio.get_running_loop()
+    model, x = _tiny_mlp(), torch.randn(16)
+
+    async def bare(x: torch.Tensor) -> torch.Tensor:
+        future = loop.create_future()
+        loop.call_soon(future.set_result, x)
+        return await future
+
+    guide = GuideBatcher(model, max_batch_size=32, max_wait_time=0.005)
+    ours = DynamicBatcher(model, max_batch_size=32, max_wait_ms=5, max_queue_size=total)
+    guide.start()
+    await ours.start()
+    runs: dict[str, list[float]] = {"floor": [], "guide": [], "ours": []}
+    submits = {"floor": bare, "guide": guide.predict, "ours": ours.submit}
+    try:
+        for submit in submits.values():  # warm-up: threads started, first batches paid
+            await _waves(submit, x, 1024, 1024)
+        for _ in range(rounds):
+            for name, submit in submits.items():
+                runs[name].append(total / await _waves(submit, x, total, total))
+    finally:
+        await guide.stop()
+        await ours.stop()
+    rps = {name: statistics.median(v) for name, v in runs.items()}
+    return {
+        "requests": total, "rounds": rounds, "model": "Linear(16,32)-ReLU-Linear(32,16), batches of 32",
+        "floor_rps": rps["floor"], "guide_rps": rps["guide"], "ours_rps": rps["ours"],
+        "ours_vs_floor": rps["ours"] / rps["floor"], "ours_vs_guide": rps["ours"] / rps["guide"],
+        "ours_us_per_request": 1e6 / rps["ours"], "floor_us_per_request": 1e6 / rps["floor"],
+    }
+
+
+def row_copy_cost(rows: int = 32, reps: int = 20) -> dict[str, Any]:
+    """µs to hand out a batch output's rows as views (``unbind``) and as copies that own their
+    memory (``clone`` each), by batch-output size: what `engine.OWN_ROWS_FROM_BYTES` weighs."""
+    out: dict[str, Any] = {}
+    for kib in (1, 32, 256, 1024, 4096, 16384):
+        batch = torch.randn(rows, kib * 256 // rows)  # kib KiB of float32 in all
+        timings = {}
+        for name, split in (("views", lambda b: list(b.unbind(0))), ("copies", lambda b: [r.clone() for r in b.unbind(0)])):
+            split(batch)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                split(batch)
+            timings[name] = (time.perf_counter() - t0) / reps * 1e6
+        out[f"batch_{kib}KiB"] = {"views_us": timings["views"], "copies_us": timings["copies"],
+                                  "copy_us_per_row": (timings["copies"] - timings["views"]) / rows}
+    return out
 
 
 async def machinery_overhead(total: int = 20_000, wave: int = 256, rounds: int = 5) -> dict[str, Any]:
@@ -214,7 +282,12 @@ async def gpu_figures(device: torch.device, seconds: float = 2.0) -> dict[str, A
 
 
 async def _run(device: torch.device) -> dict[str, Any]:
-    results: dict[str, Any] = {"machinery_cpu": await machinery_overhead(), "idle_cpu": await idle_cpu()}
+    results: dict[str, Any] = {
+        "batcher_cost_cpu": await batcher_cost(),
+        "machinery_cpu": await machinery_overhead(),
+        "row_copy_cpu": row_copy_cost(),
+        "idle_cpu": await idle_cpu(),
+    }
     if device.type == "cuda":
         results["resnet50_gpu"] = await gpu_figures(device)
     return results

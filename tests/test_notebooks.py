@@ -51,3 +51,29 @@ def test_lesson_parameters_default_to_a_cpu_friendly_run(path: Path):
     }
     assert values.get("device") == "auto"
     assert values.get("size") == "small"
+
+
+def test_every_lesson_ends_by_naming_its_exercise_and_start_lists_them_all():
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    start = (root / "START.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", start)
+    assert all((root / link).exists() for link in links), [link for link in links if not (root / link).exists()]
+    for lesson in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert f"notebooks/{lesson.name}" in links, lesson.name
+        last = nbformat.read(lesson, as_version=4).cells[-1]
+        assert last.cell_type == "markdown" and last.source.startswith("## Your turn"), lesson.name
+        named = re.findall(r"\]\(\.\./(exercises/[^)]+)\)", last.source)
+        exercise = sorted((root / "exercises").glob(f"{lesson.name[:2]}_*.ipynb"))
+        assert named == [f"exercises/{e.name}" for e in exercise], (lesson.name, named)
+        assert named or "no graded exercise yet" in last.source
+        assert all(f"exercises/{e.name}" in links for e in exercise)
+
+
+def test_make_lab_roots_jupyterlab_at_the_project_and_opens_start():
+    root = Path(__file__).resolve().parent.parent
+    makefile = (root / "Makefile").read_text()
+    recipe = makefile.split("\nlab:", 1)[1].split("\n\n", 1)[0]
+    assert "--ServerApp.root_dir=$(CURDIR)" in recipe and recipe.rstrip().endswith("START.md")
+    assert "lab/overrides.json" in makefile  # START.md opens rendered, not as text

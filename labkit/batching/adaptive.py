@@ -15,6 +15,8 @@ answer nobody waits for.
 
 ``policy="aimd"`` is the guide's rule, done properly, for comparison: add ``step`` to the cap
 while the slowest request of each batch is comfortably under target, halve it when one is over.
+Each policy is a controller (`FittedCostController`, `AimdController`) with one job: say the
+(cap, wait) for the next batch, and learn from each finished one.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import torch
 from torch import nn
 
 from labkit.batching.dynamic import DynamicBatcher
-from labkit.batching.errors import LoadShedError
+from labkit.batching.errors import LoadShedError, finite
 from labkit.batching.queues import Request
 
-__all__ = ["AdaptiveBatcher", "BatchCostModel"]
+__all__ = ["AdaptiveBatcher", "AimdController", "BatchCostModel", "FittedCostController"]
 
 
 class BatchCostModel:
@@ -71,12 +73,71 @@ class BatchCostModel:
 BACKLOG_BATCHES = 16
 
 
+class FittedCostController:
+    """``policy="model"``: the largest cap whose two batch times fit the budget, by the fit.
+
+    It also keeps up with a backlog: the target bounds each batch's *cost*, but when a batch
+    has a large fixed cost (eager ResNet-50 on an H200 cost about 6 ms a batch at any size up
+    to 32), small batches serve fewer requests a second than arrive, the queue grows without
+    end and every request misses (measured there: batches of 1, p50 15 s). A queue that has not
+    emptied for `BACKLOG_BATCHES` batches is such a case, not a burst: the cap's floor rises by
+    ``step`` until it does, and halves each time the queue is found empty.
+    """
+
+    def __init__(self, cost: BatchCostModel, target_ms: float, headroom: float, step: int) -> None:
+        self.cost = cost
+        self.budget_ms = headroom * target_ms
+        self.step = step
+        self.floor = 1
+        self._backlogged = 0  # batches since the queue was last empty
+
+    def plan(self, max_batch: int, max_wait_ms: float) -> tuple[int, float]:
+        if not self.cost.ready:
+            return max_batch, max_wait_ms / 1e3
+        predict, budget = self.cost.predict, self.budget_ms
+        cap = next((n for n in range(max_batch, 0, -1) if 2 * predict(n) <= budget), 1)
+        cap = max(cap, min(self.floor, max_batch))
+        wait_ms = min(max(budget - 2 * predict(cap), 0.0), max_wait_ms)
+        return cap, wait_ms / 1e3
+
+    def observe(self, worst_ms: float, backlog: bool, max_batch: int, max_wait_ms: float) -> None:
+        if not backlog:
+            self._backlogged = 0
+            self.floor = max(1, self.floor // 2)
+            return
+        self._backlogged += 1
+        if self._backlogged >= BACKLOG_BATCHES:
+            cap = self.plan(max_batch, max_wait_ms)[0]
+            self.floor = min(max_batch, max(self.floor, cap) + self.step)
+
+
+class AimdController:
+    """``policy="aimd"``: add ``step`` to the cap while the slowest request of a batch is under
+    ``headroom·target``, halve it when one is over target; the wait is the configured one."""
+
+    def __init__(self, target_ms: float, headroom: float, step: int) -> None:
+        self.target_ms = target_ms
+        self.headroom = headroom
+        self.step = step
+        self.cap = 1
+
+    def plan(self, max_batch: int, max_wait_ms: float) -> tuple[int, float]:
+        return min(self.cap, max_batch), max_wait_ms / 1e3
+
+    def observe(self, worst_ms: float, backlog: bool, max_batch: int, max_wait_ms: float) -> None:
+        cap = min(self.cap, max_batch)
+        if worst_ms > self.target_ms:
+            self.cap = max(1, cap // 2)
+        elif worst_ms < self.headroom * self.target_ms:
+            self.cap = min(max_batch, cap + self.step)
+
+
 class AdaptiveBatcher(DynamicBatcher):
     """A `DynamicBatcher` that steers its batch cap and wait towards ``target_p99_ms``.
 
-    ``max_batch_size`` and ``max_wait_ms`` become upper bounds. ``history`` records, per batch,
-    the time, the cap and wait in force, the fitted cost and the slowest latency in the batch:
-    plot it to watch the controller converge.
+    ``max_batch_size`` and ``max_wait_ms`` become upper bounds. ``history`` records, per batch
+    (the last `BatcherStats.window` of them), the time, the cap and wait in force, the fitted
+    cost and the slowest latency in the batch: plot it to watch the controller converge.
     """
 
     def __init__(
@@ -93,25 +154,24 @@ class AdaptiveBatcher(DynamicBatcher):
         max_wait_ms: float = 10.0,
         **kwargs: Any,
     ) -> None:
-        if target_p99_ms <= 0:
-            raise ValueError(f"target_p99_ms must be positive, got {target_p99_ms}")
+        target_p99_ms = finite("target_p99_ms", target_p99_ms, positive=True)
         if policy not in ("model", "aimd"):
             raise ValueError(f"policy must be 'model' (fitted cost) or 'aimd', got {policy!r}")
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], got {headroom}")
         if aimd_step < 1 or window < 1:
             raise ValueError(f"aimd_step and window must be at least 1, got {aimd_step} and {window}")
+        self.cost = BatchCostModel(window)  # shared: the "model" policy plans by it, shedding predicts by it
+        self.controller: FittedCostController | AimdController = (
+            FittedCostController(self.cost, target_p99_ms, headroom, aimd_step) if policy == "model"
+            else AimdController(target_p99_ms, headroom, aimd_step)
+        )
         self.target_p99_ms = target_p99_ms
         self.policy = policy
         self.shed = shed
         self.headroom = headroom
-        self.aimd_step = aimd_step
-        self.cost = BatchCostModel(window)
-        self.floor = 1  # raised while a backlog persists: see `_keep_up`
-        self._backlogged = 0  # batches since the queue was last empty
-        self.history: list[dict[str, float]] = []
-        self._aimd_cap = 1  # the state AIMD steers; the model policy derives its cap afresh
         super().__init__(fn_or_model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, **kwargs)
+        self.history: deque[dict[str, float]] = deque(maxlen=self.stats.window)
 
     @property
     def cap(self) -> int:
@@ -124,34 +184,9 @@ class AdaptiveBatcher(DynamicBatcher):
         return self._plan()[1] * 1e3
 
     def _plan(self) -> tuple[int, float]:
-        """(cap, wait in s) derived afresh from the bounds and the fit, with no side effects, so
-        raising a bound takes effect at once and asking (`cap`, `_admit`) changes nothing."""
-        if self.policy == "aimd":  # AIMD steers the cap only; the wait is the configured one
-            return min(self._aimd_cap, self.max_batch_size), self.max_wait_ms / 1e3
-        if not self.cost.ready:
-            return self.max_batch_size, self.max_wait_ms / 1e3
-        budget = self.headroom * self.target_p99_ms
-        cap = next((n for n in range(self.max_batch_size, 0, -1) if 2 * self.cost.predict(n) <= budget), 1)
-        cap = max(cap, min(self.floor, self.max_batch_size))
-        wait_ms = float(np.clip(budget - 2 * self.cost.predict(cap), 0.0, self.max_wait_ms))
-        return cap, wait_ms / 1e3
-
-    def _keep_up(self) -> None:
-        """Raise the cap's floor while a backlog persists; relax it once the queue empties.
-
-        The target bounds each batch's *cost*; but when a batch has a large fixed cost (an eager
-        model is launch-bound: on an H200, ResNet-50 cost about 6 ms a batch at any size up to
-        32), small batches serve fewer requests a second than arrive, the queue grows without
-        end and every request misses the target (measured there: batches of 1, p50 15 s). A
-        queue that has not emptied for `BACKLOG_BATCHES` batches is such a case, not a burst.
-        """
-        if len(self._queue) == 0:
-            self._backlogged = 0
-            self.floor = max(1, self.floor // 2)
-            return
-        self._backlogged += 1
-        if self._backlogged >= BACKLOG_BATCHES:
-            self.floor = min(self.max_batch_size, max(self.floor, self._plan()[0]) + self.aimd_step)
+        """(cap, wait in s), derived afresh from the bounds and the controller, changing nothing:
+        raising a bound takes effect at once, and asking (`cap`, `_admit`) is free of effects."""
+        return self.controller.plan(self.max_batch_size, self.max_wait_ms)
 
     def _admit(self, req: Request) -> None:
         if not (self.shed and self.cost.ready):
@@ -159,17 +194,15 @@ class AdaptiveBatcher(DynamicBatcher):
         cap, _ = self._plan()  # the cap this request's batch would have now, not a stale one
         ahead = len(self._queue)
         expected = (
-            (self.cost.predict(cap) if self._inflight else 0.0)  # the batch computing now
+            (self.cost.predict(cap) if self._running else 0.0)  # the batch computing now
             + (ahead // cap) * self.cost.predict(cap)  # full batches ahead of this one
             + self.cost.predict(ahead % cap + 1)  # this request's own batch
         )
         if expected > self.target_p99_ms:
-            self.stats.submitted += 1  # accepted and shed at once: counted as both
-            self.stats.shed += 1
-            raise LoadShedError(
+            self._settle(req, LoadShedError(
                 f"would take about {expected:.1f} ms (target_p99_ms={self.target_p99_ms:g}): "
                 f"{ahead} requests already waiting"
-            )
+            ), "shed")
 
     def _screen(self, batch: list[Request], now: float) -> list[Request]:
         if not (self.shed and self.cost.ready):
@@ -179,11 +212,10 @@ class AdaptiveBatcher(DynamicBatcher):
         for req in batch:
             waited = (now - req.arrival) * 1e3
             if waited + compute > self.target_p99_ms:
-                self.stats.shed += 1
-                req.future.set_exception(LoadShedError(
+                self._settle(req, LoadShedError(
                     f"waited {waited:.1f} ms; with about {compute:.1f} ms of compute it would miss "
                     f"target_p99_ms={self.target_p99_ms:g}"
-                ))
+                ), "shed")
             else:
                 keep.append(req)
         return keep
@@ -192,14 +224,7 @@ class AdaptiveBatcher(DynamicBatcher):
         now = self._loop.time()
         worst_ms = max((now - r.arrival) * 1e3 for r in batch)
         self.cost.observe(len(batch), busy_ms)
-        self._keep_up()
-        if self.policy == "aimd":
-            cap = min(self._aimd_cap, self.max_batch_size)
-            if worst_ms > self.target_p99_ms:
-                self._aimd_cap = max(1, cap // 2)
-                self._wake.set()  # a smaller cap may make a waiting batch due now
-            elif worst_ms < self.headroom * self.target_p99_ms:
-                self._aimd_cap = min(self.max_batch_size, cap + self.aimd_step)
+        self.controller.observe(worst_ms, len(self._queue) > 0, self.max_batch_size, self.max_wait_ms)
         cap, wait_s = self._plan()
         self.history.append({
             "t": now,

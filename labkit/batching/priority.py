@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from labkit.batching.core import Batcher
+from labkit.batching.errors import finite
 from labkit.batching.queues import PriorityQueues
 
 __all__ = ["PriorityBatcher"]
@@ -46,18 +47,16 @@ class PriorityBatcher(Batcher):
         timeouts = list(timeouts_ms) if timeouts_ms is not None else [None] * levels
         if len(sizes) != levels or len(timeouts) != levels:
             raise ValueError(f"max_queue_size and timeouts_ms need one value per level ({levels})")
-        if max_age_ms is not None and max_age_ms <= 0:
-            raise ValueError(f"max_age_ms must be positive or None, got {max_age_ms}")
+        if max_age_ms is not None:
+            max_age_ms = finite("max_age_ms", max_age_ms, positive=True)
+        timeouts = [None if t is None else finite("timeouts_ms", t, positive=True) for t in timeouts]
         self.levels = levels
         self.timeouts_ms = timeouts
-        self._queue_args = dict(
-            policy=policy, weights=weights, order=order, max_sizes=sizes,
+        queue = PriorityQueues(
+            levels, policy=policy, weights=weights, order=order, max_sizes=sizes,
             max_age_s=None if max_age_ms is None else max_age_ms / 1e3, aged_share=aged_share,
         )
-        super().__init__(fn_or_model, **kwargs)
-
-    def _make_queue(self) -> PriorityQueues:
-        return PriorityQueues(self.levels, **self._queue_args)
+        super().__init__(fn_or_model, queue, **kwargs)
 
     def submit(self, x: torch.Tensor, *, priority: int, timeout_ms: float | None = None) -> Coroutine[Any, Any, Any]:
         """Queue ``x`` at ``priority`` (0 = most important); ``timeout_ms`` overrides the level's default.

@@ -1,8 +1,9 @@
 """Request queues: who waits, in what order, and who goes into the next batch.
 
 A queue holds `Request`s and counts only the live ones. A request that times out or whose
-caller gives up stays in the container as a tombstone (removing from the middle of a deque or a
+caller gives up stays in its container as a tombstone (removing from the middle of a deque or a
 heap is slow) and is skipped when reached; ``len()`` is always the number still waiting.
+Containers are compacted once tombstones outnumber the live requests, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ import asyncio
 import heapq
 import itertools
 import math
+import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from labkit.batching.errors import QueueFullError
 
-__all__ = ["Request", "FifoQueue", "PriorityQueues"]
+__all__ = ["Request", "InFlight", "RequestQueue", "FifoLevel", "EdfLevel", "FifoQueue", "PriorityQueues"]
 
 QUEUED, DISPATCHED, DROPPED = 0, 1, 2
 _seq = itertools.count()
+_SLACK = 64  # tombstones tolerated before compaction, beyond one per live request
 
 
 @dataclass(eq=False, slots=True)
@@ -33,44 +36,95 @@ class Request:
     x: torch.Tensor
     future: asyncio.Future
     arrival: float  # event-loop clock, seconds
-    deadline: float | None = None  # drop it with TimeoutError if not dispatched by then
+    deadline: float | None = None  # drop it with TimeoutError if not computing by then
     priority: int = 0
     state: int = QUEUED
     timer: asyncio.TimerHandle | None = None
+    batch: Any = None  # the in-flight batch it was dispatched in, while it has a timer
 
     @property
     def queued(self) -> bool:
         return self.state == QUEUED
 
 
-class FifoQueue:
-    """First in, first out, with a bound on the number waiting."""
+class InFlight:
+    """A dispatched batch. Until a worker starts it (`claim`), its requests may still time out."""
 
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
+    __slots__ = ("reqs", "slot", "taken", "timed", "lock", "started", "result")
+
+    def __init__(self, reqs: list[Request], slot: int, taken: float) -> None:
+        self.reqs = reqs
+        self.slot = slot
+        self.taken = taken  # when it left the queue (loop clock)
+        self.timed = False  # does any of its requests have a timer (that may drop it)?
+        self.lock = threading.Lock()
+        self.started = False
+        self.result: tuple[list[Request], list[Any], float, float] | None = None
+
+    def claim(self) -> list[Request]:
+        """On the worker, as compute starts: the requests still to compute."""
+        with self.lock:
+            self.started = True
+            return [r for r in self.reqs if r.state == DISPATCHED] if self.timed else self.reqs
+
+    def expire(self, req: Request) -> bool:
+        """On the loop, at ``req``'s deadline: True if it left the batch before compute began."""
+        with self.lock:
+            if self.started:
+                return False
+            req.state = DROPPED
+            return True
+
+
+class RequestQueue(Protocol):
+    """What a `Batcher` needs from its queue."""
+
+    def __len__(self) -> int: ...
+    def push(self, req: Request) -> int: ...  # the number now waiting; QueueFullError when full
+    def discard(self, req: Request) -> None: ...  # a waiting request left without dispatch
+    def oldest_arrival(self) -> float | None: ...
+    def take(self, n: int, now: float | None = None) -> list[Request]: ...  # marked DISPATCHED
+    def waiting(self) -> list[Request]: ...
+
+
+class FifoLevel:
+    """Requests in arrival order (a deque)."""
+
+    def __init__(self) -> None:
         self._items: deque[Request] = deque()
-        self._live = 0
-
-    def __len__(self) -> int:
-        return self._live
+        self.live = 0
 
     def push(self, req: Request) -> None:
-        if self._live >= self.max_size:
-            raise QueueFullError(f"queue full: {self._live} requests waiting (max_queue_size={self.max_size})")
-        self._items.append(req)
-        self._live += 1
+        items = self._items
+        if len(items) > 2 * self.live + _SLACK:
+            self._items = items = deque(r for r in items if r.state == QUEUED)
+        items.append(req)
+        self.live += 1
 
-    def discard(self, req: Request) -> None:
-        """Forget a request that left the queue without being dispatched."""
-        req.state = DROPPED
-        self._live -= 1
+    def head(self) -> Request | None:
+        items = self._items
+        while items and items[0].state != QUEUED:
+            items.popleft()
+        return items[0] if items else None
 
     def oldest_arrival(self) -> float | None:
-        while self._items and not self._items[0].queued:
-            self._items.popleft()
-        return self._items[0].arrival if self._items else None
+        head = self.head()
+        return head.arrival if head is not None else None
 
-    def take(self, n: int, now: float | None = None) -> list[Request]:
+    def discard(self, req: Request) -> None:
+        """Forget a waiting request that left without being dispatched (a tombstone now)."""
+        req.state = DROPPED
+        self.live -= 1
+
+    def pop(self) -> Request:
+        """The head, removed (the caller marks it)."""
+        req = self.head()
+        assert req is not None
+        self._items.popleft()
+        self.live -= 1
+        return req
+
+    def take(self, n: int) -> list[Request]:
         """Up to ``n`` live requests, oldest first, marked dispatched."""
         batch: list[Request] = []
         items = self._items
@@ -79,70 +133,106 @@ class FifoQueue:
             if req.state == QUEUED:
                 req.state = DISPATCHED
                 batch.append(req)
-        self._live -= len(batch)
+        self.live -= len(batch)
         return batch
 
-    def waiting(self) -> list[Request]:
-        return [r for r in self._items if r.queued]
+    def aged(self, cutoff: float, k: int) -> list[Request]:
+        """Up to ``k`` of the oldest live requests that arrived at or before ``cutoff``."""
+        found = []
+        for r in self._items:
+            if r.arrival > cutoff or len(found) == k:
+                break
+            if r.state == QUEUED:
+                found.append(r)
+        return found
+
+    def items(self) -> list[Request]:
+        return [r for r in self._items if r.state == QUEUED]
 
 
-class _Level:
-    """One priority level: FIFO (a deque) or earliest deadline first (a heap)."""
+class EdfLevel:
+    """Earliest deadline first (a heap); requests without a deadline go last, in arrival order.
 
-    def __init__(self, order: str, max_size: int) -> None:
-        self.order = order
-        self.max_size = max_size
-        self.fifo: deque[Request] = deque()
-        self.heap: list[tuple[float, int, Request]] = []
+    A second, arrival-ordered view (`FifoLevel`, sharing the tombstones) answers "oldest" and
+    "aged" without scanning the heap: each is O(1) amortised, not O(waiting), per batch.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Request]] = []
+        self._by_arrival = FifoLevel()
         self.live = 0
 
     def push(self, req: Request) -> None:
-        if self.order == "fifo":
-            self.fifo.append(req)
-        else:  # requests without a deadline go after every request that has one, in arrival order
-            key = req.deadline if req.deadline is not None else float("inf")
-            heapq.heappush(self.heap, (key, next(_seq), req))
+        heap = self._heap
+        if len(heap) > 2 * self.live + _SLACK:
+            self._heap = heap = [e for e in heap if e[2].state == QUEUED]
+            heapq.heapify(heap)
+        key = req.deadline if req.deadline is not None else math.inf
+        heapq.heappush(heap, (key, next(_seq), req))
+        self._by_arrival.push(req)
         self.live += 1
 
-    def _prune(self) -> None:
-        if self.order == "fifo":
-            while self.fifo and not self.fifo[0].queued:
-                self.fifo.popleft()
-        else:
-            while self.heap and not self.heap[0][2].queued:
-                heapq.heappop(self.heap)
-
     def head(self) -> Request | None:
-        self._prune()
-        if self.order == "fifo":
-            return self.fifo[0] if self.fifo else None
-        return self.heap[0][2] if self.heap else None
+        heap = self._heap
+        while heap and heap[0][2].state != QUEUED:
+            heapq.heappop(heap)
+        return heap[0][2] if heap else None
+
+    def oldest_arrival(self) -> float | None:
+        return self._by_arrival.oldest_arrival()
+
+    def discard(self, req: Request) -> None:
+        self._by_arrival.discard(req)
+        self.live -= 1
 
     def pop(self) -> Request:
         req = self.head()
         assert req is not None
-        if self.order == "fifo":
-            self.fifo.popleft()
-        else:
-            heapq.heappop(self.heap)
+        heapq.heappop(self._heap)
+        self._by_arrival.live -= 1  # its entry there is skipped once the caller marks it
         self.live -= 1
         return req
 
     def aged(self, cutoff: float, k: int) -> list[Request]:
-        """Up to ``k`` of the oldest live requests that arrived at or before ``cutoff``."""
-        if self.order == "fifo":  # arrival order: the aged ones are at the front
-            found = []
-            for r in self.fifo:
-                if r.arrival > cutoff or len(found) == k:
-                    break
-                if r.queued:
-                    found.append(r)
-            return found
-        return sorted((r for _, _, r in self.heap if r.queued and r.arrival <= cutoff), key=lambda r: r.arrival)[:k]
+        return self._by_arrival.aged(cutoff, k)
 
     def items(self) -> list[Request]:
-        reqs = list(self.fifo) if self.order == "fifo" else [r for _, _, r in self.heap]
-        return [r for r in reqs if r.queued]
+        return [r for _, _, r in self._heap if r.state == QUEUED]
+
+
+class FifoQueue:
+    """First in, first out, with a bound on the number waiting: `DynamicBatcher`'s queue."""
+
+    def __init__(self, max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_queue_size must be at least 1, got {max_size}")
+        self.max_size = max_size
+        self._level = FifoLevel()
+
+    def __len__(self) -> int:
+        return self._level.live
+
+    def push(self, req: Request) -> int:
+        level = self._level
+        if level.live >= self.max_size:
+            raise QueueFullError(f"queue full: {level.live} requests waiting (max_queue_size={self.max_size})")
+        level.push(req)
+        return level.live
+
+    def discard(self, req: Request) -> None:
+        self._level.discard(req)
+
+    def oldest_arrival(self) -> float | None:
+        return self._level.oldest_arrival()
+
+    def take(self, n: int, now: float | None = None) -> list[Request]:
+        return self._level.take(n)
+
+    def waiting(self) -> list[Request]:
+        return self._level.items()
+
+
+LEVEL_ORDERS = {"fifo": FifoLevel, "edf": EdfLevel}
 
 
 class PriorityQueues:
@@ -168,7 +258,7 @@ class PriorityQueues:
     ) -> None:
         if policy not in ("strict", "weighted"):
             raise ValueError(f"policy must be 'strict' or 'weighted', got {policy!r}")
-        if order not in ("fifo", "edf"):
+        if order not in LEVEL_ORDERS:
             raise ValueError(f"order must be 'fifo' or 'edf' (earliest deadline first), got {order!r}")
         weights = list(weights) if weights is not None else [float(2 ** (levels - 1 - i)) for i in range(levels)]
         if len(weights) != levels or min(weights) <= 0:
@@ -179,28 +269,25 @@ class PriorityQueues:
         self.weights = weights
         self.max_age_s = max_age_s
         self.aged_share = aged_share
-        self.levels = [_Level(order, m) for m in max_sizes]
+        self.max_sizes = list(max_sizes)
+        self.levels: list[FifoLevel | EdfLevel] = [LEVEL_ORDERS[order]() for _ in self.max_sizes]
         self._credit = [0.0] * levels
 
     def __len__(self) -> int:
         return sum(level.live for level in self.levels)
 
     def push(self, req: Request) -> None:
-        level = self.levels[req.priority]
-        if level.live >= level.max_size:
-            raise QueueFullError(
-                f"queue full for priority {req.priority}: {level.live} requests waiting (max {level.max_size})"
-            )
+        level, bound = self.levels[req.priority], self.max_sizes[req.priority]
+        if level.live >= bound:
+            raise QueueFullError(f"queue full for priority {req.priority}: {level.live} requests waiting (max {bound})")
         level.push(req)
+        return len(self)
 
     def discard(self, req: Request) -> None:
-        req.state = DROPPED
-        self.levels[req.priority].live -= 1
+        self.levels[req.priority].discard(req)
 
     def oldest_arrival(self) -> float | None:
-        if self.levels[0].order == "edf":  # heap heads are the earliest deadlines, not the oldest
-            return min((r.arrival for lv in self.levels for r in lv.items()), default=None)
-        return min((h.arrival for lv in self.levels if (h := lv.head()) is not None), default=None)
+        return min((a for lv in self.levels if (a := lv.oldest_arrival()) is not None), default=None)
 
     def take(self, n: int, now: float | None = None) -> list[Request]:
         batch: list[Request] = []
@@ -216,7 +303,7 @@ class PriorityQueues:
         return batch
 
     def _next_level(self) -> int | None:
-        nonempty = [i for i, lv in enumerate(self.levels) if lv.head() is not None]
+        nonempty = [i for i, lv in enumerate(self.levels) if lv.live]
         if not nonempty:
             return None
         if self.policy == "strict":
@@ -234,8 +321,8 @@ class PriorityQueues:
         candidates = [r for lv in self.levels for r in lv.aged(cutoff, k)]
         aged = sorted(candidates, key=lambda r: r.arrival)[:k]
         for req in aged:
-            req.state = DISPATCHED
-            self.levels[req.priority].live -= 1
+            self.discard(req)  # leaves its level as a tombstone...
+            req.state = DISPATCHED  # ...and goes into this batch
         return aged
 
     def waiting(self) -> list[Request]:

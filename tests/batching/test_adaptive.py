@@ -12,11 +12,7 @@ import torch
 
 from labkit.batching import AdaptiveBatcher, BatchCostModel, DynamicBatcher, LoadShedError
 
-from .helpers import run, vec
-
-pytestmark = pytest.mark.timeout(60)
-
-
+from .conftest import run, vec
 
 
 class LinearCostModel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import namedtuple
 
 import pytest
@@ -11,11 +12,7 @@ import torch
 
 from labkit.batching import DynamicBatcher
 
-from .helpers import run, vec
-
-pytestmark = pytest.mark.timeout(60)
-
-
+from .conftest import batcher_threads, run, vec, warm_fast_path
 
 
 class PickyModel:
@@ -163,3 +160,34 @@ def test_a_model_raising_stop_iteration_fails_only_its_culprit(warm_batches):
     assert isinstance(out[2], RuntimeError) and "StopIteration" in str(out[2])
     assert [torch.equal(out[i], vec(2 * i)) for i in (0, 1, 3)] == [True, True, True]
     assert torch.equal(after, vec(10))  # and the scheduler is alive
+class Abort(BaseException):
+    """Not an Exception: what `except Exception` in a model server lets through."""
+
+
+@pytest.mark.parametrize("exc_type", [Abort, SystemExit, KeyboardInterrupt, GeneratorExit])
+@pytest.mark.parametrize("warm", [False, True], ids=["on a worker", "fast path"])
+def test_a_base_exception_fails_only_its_culprit_and_leaves_no_thread_behind(exc_type, warm):
+    before = batcher_threads()
+
+    def model(x):
+        if (x[:, 0] < 0).any():
+            raise exc_type("from the model")
+        return x * 2
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=20) as b:
+            if warm:
+                await warm_fast_path(b)
+            out = await asyncio.gather(*(b.submit(vec(-1 if i == 2 else i)) for i in range(4)),
+                                       return_exceptions=True)
+            return out, await b.submit(vec(5)), b.stats.failed
+
+    out, after, failed = run(main())
+    assert isinstance(out[2], RuntimeError) and isinstance(out[2].__cause__, exc_type), out[2]
+    assert exc_type.__name__ in str(out[2])
+    assert [torch.equal(out[i], vec(2 * i)) for i in (0, 1, 3)] == [True, True, True]
+    assert torch.equal(after, vec(10)) and failed == 1
+    deadline = time.monotonic() + 5
+    while batcher_threads() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not batcher_threads() - before

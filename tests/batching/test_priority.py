@@ -11,10 +11,7 @@ import torch
 
 from labkit.batching import PriorityBatcher, QueueFullError
 
-from .helpers import GatedModel, occupy, run
-
-pytestmark = pytest.mark.timeout(60)
-
+from .conftest import GatedModel, occupy, run
 
 
 def item(level: int, i: int) -> torch.Tensor:
@@ -45,8 +42,7 @@ async def _blocked(b: PriorityBatcher, model: BatchLog, level: int = 0) -> async
     return await occupy(b.submit(item(level, 999), priority=level), model)
 
 
-def test_strict_serves_level_0_then_1_then_2_in_each_batch():
-    gate = threading.Event()
+def test_strict_serves_level_0_then_1_then_2_in_each_batch(gate):
     model = BatchLog(gate)
     order = [2, 1, 0, 2, 0, 1, 1, 2, 0]
 
@@ -74,8 +70,7 @@ def test_strict_serves_level_0_then_1_then_2_in_each_batch():
         assert [i for lv, i in batch if lv == level] == [i for i, lv in enumerate(order) if lv == level]
 
 
-def test_work_conserving_fills_the_batch_from_a_lone_low_level():
-    gate = threading.Event()
+def test_work_conserving_fills_the_batch_from_a_lone_low_level(gate):
     model = BatchLog(gate)
 
     async def main():
@@ -99,8 +94,7 @@ def test_work_conserving_fills_the_batch_from_a_lone_low_level():
     assert [len(batch) for batch in model.batches] == [1, 4, 4]
 
 
-def test_weighted_shares_follow_the_weights():
-    gate = threading.Event()
+def test_weighted_shares_follow_the_weights(gate):
     model = BatchLog(gate)
     per_level = 200
 
@@ -164,8 +158,7 @@ def test_without_aging_a_low_priority_request_starves_during_a_flood():
     assert result.tolist() == [2.0, 0.0]  # served once the flood is over
 
 
-def test_edf_order_serves_the_earliest_deadline_first():
-    gate = threading.Event()
+def test_edf_order_serves_the_earliest_deadline_first(gate):
     model = BatchLog(gate)
     timeouts = [900, 500, None, 700, 600]
 
@@ -187,8 +180,7 @@ def test_edf_order_serves_the_earliest_deadline_first():
     assert [i for _, i in model.batches[1]] == [1, 4, 3, 0, 2]  # 500, 600, 700, 900, none
 
 
-def test_per_level_queue_limit_refuses_only_that_level():
-    gate = threading.Event()
+def test_per_level_queue_limit_refuses_only_that_level(gate):
     model = BatchLog(gate)
 
     async def main():
@@ -218,8 +210,7 @@ def test_per_level_queue_limit_refuses_only_that_level():
     assert (0, 1) not in model.rows and (1, 9) not in model.rows
 
 
-def test_per_level_default_timeouts_apply():
-    gate = threading.Event()
+def test_per_level_default_timeouts_apply(gate):
     model = BatchLog(gate)
 
     async def main():

@@ -10,8 +10,6 @@ import torch
 from labkit.batching import QueueFullError
 from labkit.batching.queues import DISPATCHED, DROPPED, QUEUED, FifoQueue, PriorityQueues, Request
 
-pytestmark = pytest.mark.timeout(60)
-
 
 @pytest.fixture
 def loop():

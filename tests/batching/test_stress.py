@@ -13,7 +13,7 @@ import torch
 from labkit.batching import DynamicBatcher, QueueFullError
 from labkit.models import InputSpec
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 N_REQUESTS = 10_000
 VALID, WRONG_SHAPE, BAD, SHORT_TIMEOUT, CANCEL = "valid", "wrong_shape", "bad", "short_timeout", "cancel"

@@ -1,0 +1,205 @@
+"""DynamicBatcher: when a batch leaves, how many run at once, the CPU fast path."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import torch
+
+from labkit.batching import (
+    DynamicBatcher,
+)
+from labkit.batching.engine import INLINE_BELOW_MS
+
+from .conftest import Recorder, run, vec, warm_fast_path
+
+
+def test_full_batch_leaves_at_once():
+    model = Recorder()
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=10_000) as b:
+            t0 = time.perf_counter()
+            out = await asyncio.gather(*(b.submit(vec(i)) for i in range(4)))
+            return time.perf_counter() - t0, out
+
+    elapsed, out = run(main())
+    assert elapsed < 1.0
+    assert model.sizes == [4]
+    assert [o[0].item() for o in out] == [0.0, 2.0, 4.0, 6.0]
+
+
+def test_lone_request_leaves_after_max_wait():
+    model = Recorder()
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=100, max_wait_ms=50) as b:
+            t0 = time.perf_counter()
+            y = await b.submit(vec(3))
+            return time.perf_counter() - t0, y
+
+    elapsed, y = run(main())
+    assert 0.045 <= elapsed < 1.0
+    assert model.sizes == [1]
+    assert torch.equal(y, vec(6))
+
+
+def test_wait_timer_starts_at_the_oldest_request():
+    model = Recorder()
+    wait_s = 0.2
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=100, max_wait_ms=wait_s * 1e3) as b:
+            t0 = time.perf_counter()
+            first = asyncio.create_task(b.submit(vec(1)))
+            await asyncio.sleep(0.12)
+            second = asyncio.create_task(b.submit(vec(2)))
+            await asyncio.gather(first, second)
+            return time.perf_counter() - t0
+
+    elapsed = run(main())
+    assert model.sizes == [2]  # one batch
+    # due when the first has waited max_wait_ms (0.2 s), not the second (0.32 s)
+    assert wait_s * 0.95 <= elapsed < wait_s + 0.09
+
+
+def test_idle_batcher_uses_no_cpu():
+    async def main():
+        async with DynamicBatcher(Recorder(), max_batch_size=8, max_wait_ms=5) as b:
+            await b.submit(vec(1))  # workers warmed up, then idle
+            c0 = time.process_time()
+            await asyncio.sleep(0.5)
+            return time.process_time() - c0
+
+    assert run(main()) < 0.01  # measured ~0.0003 s; polling every 0.5 ms costs ~0.025 s
+
+
+def test_batcher_waiting_on_its_timer_uses_no_cpu():
+    model = Recorder()
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=8, max_wait_ms=10_000) as b:
+            task = asyncio.create_task(b.submit(vec(1)))
+            await asyncio.sleep(0.01)
+            c0 = time.process_time()
+            await asyncio.sleep(0.5)
+            used = time.process_time() - c0
+            assert not task.done()
+        return used, await task  # stop() drains it
+
+    used, y = run(main())
+    assert used < 0.01
+    assert torch.equal(y, vec(2))
+
+
+def _overlaps(spans: list[tuple[float, float]]) -> bool:
+    spans = sorted(spans)
+    return any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False))
+
+
+def _second_batch_wait_ms(max_inflight: int) -> list[float]:
+    model = Recorder(sleep_s=0.05)
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=2, max_wait_ms=1, max_inflight=max_inflight) as b:
+            await asyncio.gather(*(b.submit(vec(i)) for i in range(4)))
+            return list(b.stats.queue_wait_ms)
+
+    waits = run(main())
+    assert model.sizes == [2, 2]
+    if max_inflight == 1:
+        assert not _overlaps(model.spans)
+    return waits[2:]
+
+
+def test_second_inflight_batch_is_dispatched_while_the_first_computes():
+    # On a CPU the batches of a batcher compute on one worker thread (engine.BatchRunner.threads),
+    # so "in flight" means taken from the queue and collated while the previous batch computes;
+    # the overlap of two computing batches is checked on a GPU (tests/gpu/test_gpu_batching.py).
+    assert max(_second_batch_wait_ms(max_inflight=2)) < 25
+
+
+def test_one_inflight_batch_never_overlaps_and_the_next_waits_for_it():
+    assert min(_second_batch_wait_ms(max_inflight=1)) >= 45
+
+
+def test_partial_batches_wait_to_fill_behind_two_in_flight_but_full_ones_use_every_slot():
+    # Slots beyond FEED_DEPTH (2) take only full batches: a partial batch would just queue on a
+    # busy device, so it keeps filling until a batch finishes.
+    model = Recorder(sleep_s=0.15)
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1, max_inflight=4) as b:
+            first = []
+            for i in (1, 2):  # each dispatched alone: fewer than two batches in flight then
+                first.append(asyncio.create_task(b.submit(vec(i))))
+                await asyncio.sleep(0.01)
+            held = [asyncio.create_task(b.submit(vec(i))) for i in (3, 4)]
+            await asyncio.sleep(0.03)  # long past max_wait_ms, yet they wait behind two batches
+            assert b.stats.batches == 0 and len(b._queue) == 2
+            full = [asyncio.create_task(b.submit(vec(i))) for i in (5, 6, 7, 8)]  # 2 held + these
+            await asyncio.gather(*first, *held, *full)
+            return dict(b.stats.batch_sizes)
+
+    sizes = run(main())
+    assert sizes == {1: 2, 4: 1, 2: 1}, sizes
+    assert sorted(model.sizes) == [1, 1, 2, 4]
+
+
+def test_tiny_cpu_batches_take_the_fast_path_on_a_worker_and_a_slow_one_ends_it():
+    # The fast path (engine.BatchRunner.proven_fast): after 8 tiny batches the next ones compute
+    # on one thread; one slow batch ends it. The model always runs on a worker thread, never on
+    # the caller's loop (it used to run inline there, where a slow one froze the loop).
+    threads: list[str] = []
+    slow = threading.Event()
+
+    def model(x):
+        threads.append(threading.current_thread().name)
+        if slow.is_set():
+            time.sleep(2 * INLINE_BELOW_MS / 1e3)
+        return x * 2
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1) as b:
+            warm = []
+            for _ in range(40):  # a busy box may slow a batch past the bound: room for a few
+                await asyncio.gather(*(b.submit(vec(j)) for j in range(4)))
+                warm.append(b._runner.proven_fast)
+            slow.set()
+            outs = [await asyncio.gather(*(b.submit(vec(j)) for j in range(4))) for _ in range(3)]
+            return warm, b._runner.proven_fast, outs
+
+    warm, after_slow, outs = run(main())
+    assert warm[:7] == [False] * 7 and any(warm), warm  # on once 8 tiny batches are seen
+    assert not after_slow
+    assert all(t.startswith("labkit-batcher") for t in threads), threads
+    assert all(torch.equal(y, vec(2 * j)) for out in outs for j, y in enumerate(out))
+
+
+def test_a_proven_fast_model_that_turns_slow_never_freezes_the_loop():
+    slow = threading.Event()
+
+    def model(x):
+        if slow.is_set():
+            time.sleep(1.5)
+        return x * 2
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1, max_inflight=1) as b:
+            await warm_fast_path(b)
+            assert b._runner.proven_fast
+            slow.set()
+            gaps, last = [], time.perf_counter()
+            slow_batch = asyncio.gather(*(b.submit(vec(j)) for j in range(4)))
+            while not slow_batch.done():
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+            return max(gaps), await slow_batch
+
+    worst_gap, out = run(main())
+    assert worst_gap < 0.3, worst_gap  # the loop kept running while the model slept 1.5 s
+    assert all(torch.equal(y, vec(2 * j)) for j, y in enumerate(out))
