@@ -22,6 +22,9 @@ __all__ = ["Question", "QUESTIONS"]
 
 @dataclass(frozen=True)
 class Question:
+    """A graded question: its cases are data, and ``build`` makes each one a `Trial`, so that
+    public and hidden cases share one form and one judge."""
+
     id: str
     title: str
     points: float

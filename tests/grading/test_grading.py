@@ -184,7 +184,7 @@ def test_each_solution_passes_its_public_checks_in_a_real_kernel(solution):
     from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "solutions" / solution, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", cwd=str(ROOT / "solutions")).execute()
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "solutions")}}).execute()
     checks = [c for c in nb.cells if c.cell_type == "code" and "check(" in c.source]
     assert checks
     for cell in checks:
