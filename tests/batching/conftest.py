@@ -92,6 +92,19 @@ async def occupy(request: Awaitable, model: GatedModel) -> asyncio.Task:
     return blocker
 
 
+class TurnsSlow:
+    """Doubles its input; once ``slow`` is set, sleeps ``delay_s`` first: a model proven fast that
+    then stalls (the fast path must never run it on the event loop)."""
+
+    def __init__(self, delay_s: float = 1.5) -> None:
+        self.slow, self.delay_s = threading.Event(), delay_s
+
+    def __call__(self, x):
+        if self.slow.is_set():
+            time.sleep(self.delay_s)
+        return x * 2
+
+
 async def warm_fast_path(b, batches: int = 10) -> None:
     """Enough tiny batches that the CPU fast path is on (`BatchRunner.proven_fast`)."""
     for _ in range(batches):

@@ -13,7 +13,7 @@ from labkit.batching import (
 )
 from labkit.batching.engine import INLINE_BELOW_MS
 
-from .conftest import Recorder, run, vec, warm_fast_path
+from .conftest import Recorder, TurnsSlow, run, vec, warm_fast_path
 
 
 def test_full_batch_leaves_at_once():
@@ -179,12 +179,8 @@ def test_tiny_cpu_batches_take_the_fast_path_on_a_worker_and_a_slow_one_ends_it(
 
 
 def test_a_proven_fast_model_that_turns_slow_never_freezes_the_loop():
-    slow = threading.Event()
-
-    def model(x):
-        if slow.is_set():
-            time.sleep(1.5)
-        return x * 2
+    model = TurnsSlow()
+    slow = model.slow
 
     async def main():
         async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1, max_inflight=1) as b:

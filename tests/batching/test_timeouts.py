@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from labkit.batching import (
     DynamicBatcher,
 )
 
-from .conftest import Recorder, occupy, run, vec, warm_fast_path
+from .conftest import Recorder, TurnsSlow, occupy, run, vec, warm_fast_path
 
 
 def test_timeout_while_queued_fires_at_the_deadline_and_is_never_computed(gate):
@@ -148,12 +147,8 @@ def test_timeout_holds_while_its_batch_waits_behind_another_on_the_cpu_worker(ga
 
 
 def test_timeout_fires_on_time_when_a_proven_fast_model_turns_slow():
-    slow = threading.Event()
-
-    def model(x):
-        if slow.is_set():
-            time.sleep(1.5)
-        return x * 2
+    model = TurnsSlow()
+    slow = model.slow
 
     async def main():
         async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1, max_inflight=1) as b:

@@ -19,6 +19,8 @@ from labkit.grading.trials import (
     score,
 )
 
+from .hostile import AlwaysEqual
+
 
 def _trial(call: str, expected, hint: str = "", hidden: bool = False) -> Trial:
     return Trial(call, "call", {"args": []}, equal(call, expected, hint), hint, hidden=hidden)
@@ -31,16 +33,6 @@ def _seen(output) -> Observation:
 def split_sizes(n: int, k: int) -> list[int]:
     base, extra = divmod(n, k)
     return [base + (i < extra) for i in range(k)]
-
-
-class AlwaysEqual:
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-
-    __hash__ = object.__hash__
 
 
 # -- equal --------------------------------------------------------------------------------------
