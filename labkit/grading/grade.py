@@ -132,8 +132,7 @@ def _check_writable(*folders: Path) -> None:
 
 def grade_all(submissions: list[Row] | list[Path], out_csv: Path, *, tests: Path | None = None,
               settings: Settings = Settings(), feedback_dir: Path | None = None, solutions: Path | None = None,
-              deadline: datetime | None = None, formats: tuple[str, ...] = (), progress: bool = True,
-              check_solutions: bool = True) -> list[Row]:
+              deadline: datetime | None = None, formats: tuple[str, ...] = (), progress: bool = True) -> list[Row]:
     """Check the setup, grade every submission, then write the CSV, feedback, logs and summary.
     Raises SetupError (nothing graded, nothing written) for an instructor's mistake."""
     rows = submissions if submissions and isinstance(submissions[0], Row) else collect_submissions(list(submissions))
@@ -147,11 +146,11 @@ def grade_all(submissions: list[Row] | list[Path], out_csv: Path, *, tests: Path
             row.submitted = datetime.fromtimestamp(row.submission.stat().st_mtime)
         except (OSError, ValueError) as e:
             row.reason = str(e)
+    solutions = solutions or default_solutions()
+    feedback_dir = feedback_dir or out_csv.parent / "feedback"
     with Pool(settings.jobs) as pool:
-        if check_solutions:
-            preflight(pool, {r.exercise for r in rows if not r.reason}, hidden, settings,
-                      solutions or default_solutions())
-        _check_writable(out_csv.parent, feedback_dir or out_csv.parent / "feedback")
+        preflight(pool, {r.exercise for r in rows if not r.reason}, hidden, settings, solutions)
+        _check_writable(out_csv.parent, feedback_dir)
         pool.run(rows, hidden, settings, progress)
-    write_outputs(rows, out_csv, feedback_dir or out_csv.parent / "feedback", deadline=deadline, formats=formats)
+    write_outputs(rows, out_csv, feedback_dir, solutions, deadline=deadline, formats=formats)
     return rows

@@ -14,7 +14,7 @@ import nbformat
 from labkit.grading.child import code_cells
 from labkit.grading.questions import QUESTIONS
 from labkit.grading.similarity import answer_source, similar_pairs, similarity_report
-from labkit.grading.submissions import Row, default_solutions, exercise_of
+from labkit.grading.submissions import Row, exercise_of
 
 __all__ = ["write_outputs"]
 
@@ -97,7 +97,7 @@ def _gradescope(row: Row) -> dict:
             "output": f"Not graded: {row.reason}" if row.reason else f"Exercise {row.exercise}"}
 
 
-def _similarity(rows: list[Row]) -> str:
+def _similarity(rows: list[Row], solutions: Path) -> str:
     from labkit.grading.assign import make_exercise
 
     answers: dict[str, dict[str, str]] = {}
@@ -111,7 +111,7 @@ def _similarity(rows: list[Row]) -> str:
                 if source:
                     answers.setdefault(student, {})[o.question] = source
     stubs: dict[str, list[str]] = {}
-    for solution in sorted(default_solutions().glob("*.ipynb")):
+    for solution in sorted(solutions.glob("*.ipynb")):  # their stubs: what an unanswered question shares
         exercise = make_exercise(nbformat.read(solution, as_version=4))
         cells = [c.source for c in exercise.cells if c.cell_type == "code"]
         for q in (q for q in QUESTIONS if q.startswith(f"{exercise_of(solution)}.")):
@@ -121,7 +121,7 @@ def _similarity(rows: list[Row]) -> str:
     return similarity_report(pairs, SIMILARITY_THRESHOLD, questions=graded)
 
 
-def summary(rows: list[Row]) -> str:
+def summary(rows: list[Row], solutions: Path) -> str:
     lines = ["Grading summary (for the instructor; never shown to students)", "",
              "Grading time per submission:"]
     lines += [f"  {row.name}: {row.seconds:.2f} s, {row.total:g} / {row.out_of:g}"
@@ -130,7 +130,7 @@ def summary(rows: list[Row]) -> str:
     if failed:
         lines += ["", "Questions whose run did not finish normally:"]
         lines += [f"  {row.name} {o.question}: {'; '.join(n for n in o.notes if _is_run_failure(n))}" for row, o in failed]
-    return "\n".join([*lines, "", _similarity(rows)]) + "\n"
+    return "\n".join([*lines, "", _similarity(rows, solutions)]) + "\n"
 
 
 def _write(path: Path, text: str) -> None:
@@ -138,7 +138,8 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def write_outputs(rows: list[Row], out_csv: Path, feedback_dir: Path, *, deadline: datetime | None = None,
+def write_outputs(rows: list[Row], out_csv: Path, feedback_dir: Path, solutions: Path, *,
+                  deadline: datetime | None = None,
                   formats: tuple[str, ...] = ()) -> None:
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     _write_csv(rows, out_csv, deadline)
@@ -147,4 +148,4 @@ def write_outputs(rows: list[Row], out_csv: Path, feedback_dir: Path, *, deadlin
         _write(out_csv.parent / "logs" / _relative(row).with_suffix(".log"), _log(row))
         if "gradescope" in formats:
             _write(out_csv.parent / "gradescope" / _relative(row) / "results.json", json.dumps(_gradescope(row), indent=2))
-    _write(out_csv.parent / "summary.txt", summary(rows))
+    _write(out_csv.parent / "summary.txt", summary(rows, solutions))

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from labkit.grading import landlock
 from labkit.grading.channel import Closed, LineReader, TooLong, send
 from labkit.grading.questions import QUESTIONS
@@ -46,20 +48,6 @@ def _prctl(option: int, value: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
-def _children() -> list[int]:
-    pid = os.getpid()
-    found = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state: ppid
-                found.append(int(entry))
-    return found
-
-
 def kill_descendants(group: int | None = None, patience_s: float = 10.0) -> int:
     """SIGKILL ``group`` (a process group) and every child of this process until none is left;
     a subreaper's children include every orphaned descendant. Returns how many were killed."""
@@ -70,7 +58,7 @@ def kill_descendants(group: int | None = None, patience_s: float = 10.0) -> int:
         except OSError:
             pass
     while time.monotonic() < deadline:
-        children = _children()
+        children = [child.pid for child in psutil.Process().children()]
         if not children:
             break
         for pid in children:
@@ -89,13 +77,7 @@ def kill_descendants(group: int | None = None, patience_s: float = 10.0) -> int:
 
 def _user_processes() -> int:
     uid = os.getuid()
-    count = 0
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        try:
-            count += entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
-        except OSError:
-            pass
-    return count
+    return sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
 
 
 def readable_paths() -> list[Path]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 
 from labkit.grading import landlock
@@ -123,16 +124,8 @@ ZOO: dict[str, nbformat.NotebookNode | str] = {
 
 
 def _processes_with(marker: str) -> list[str]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in cmdline:
-                found.append(f"{entry}: {cmdline}")
-    return found
+    return [f"{p.pid}: {' '.join(p.info['cmdline'])}" for p in psutil.process_iter(["cmdline"])
+            if p.pid != os.getpid() and p.info["cmdline"] and marker in " ".join(p.info["cmdline"])]
 
 
 @pytest.fixture(scope="module")
