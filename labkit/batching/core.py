@@ -7,12 +7,15 @@ in one place (`Batcher._settle`). The scheduler sleeps on an event when there is
 an idle batcher uses no CPU. Subclasses pass the queue in (`RequestQueue`) and may steer each
 batch's size.
 
-Slots beyond `FEED_DEPTH` are for full batches only. Two batches in flight (one computing, the
-next staged) keep a device busy; a partial batch sent behind them would only wait in the
-device's queue, at nearly the cost of a full one (launch overhead, padding to a captured size),
-so it keeps filling until a batch finishes. Measured on an H200 (ResNet-50, CUDA graphs, 4 in
-flight, Poisson load at 70% of capacity; bench/results/2026-11-27-h200.json): without this rule
-batches of ~21 each cost a full batch's time, the device saturated and p99 reached 154 ms.
+Slots beyond the feed depth are for full batches only. On a GPU the depth is `FEED_DEPTH`: two
+batches in flight (one computing, the next staged) keep the device busy; a partial batch sent
+behind them would only wait in the device's queue, at nearly the cost of a full one (launch
+overhead, padding to a captured size), so it keeps filling until a batch finishes. Measured on
+an H200 (ResNet-50, CUDA graphs, 4 in flight, Poisson load at 70% of capacity;
+bench/results/2026-11-27-h200.json): without this rule batches of ~21 each cost a full batch's
+time, the device saturated and p99 reached 154 ms. On a CPU batches compute one at a time on
+one thread (`engine.BatchRunner.threads`), so the depth is one: a partial batch sent behind a
+computing one would start no sooner, only smaller, than if it kept filling in the queue.
 
 The model never runs on the event loop, not even a tiny one: a slow or hung model cannot delay
 a timeout or freeze the caller's loop. (What running tiny CPU batches inline used to buy is now
@@ -157,6 +160,7 @@ class Batcher(PrivateLoop):
         self._runner = BatchRunner(self.fn, self.device, self.max_inflight, results_on_device=self.results_on_device,
                                    capacity=self._max_batch_size)
         self._workers = Workers(self._runner.threads)
+        self._feed_depth = min(FEED_DEPTH, self._runner.threads)  # see the module docstring
         self._running = 0  # batches dispatched and not yet finished
         self._cap = self._max_batch_size
         self._accepting = True
@@ -324,7 +328,7 @@ class Batcher(PrivateLoop):
             cap = self._cap = max(1, cap)
             due = queue.oldest_arrival() + wait_s
             now = loop.time()
-            fed = self._running >= FEED_DEPTH
+            fed = self._running >= self._feed_depth
             if len(queue) >= cap or self._stopping or (now >= due and not fed):
                 batch = self._screen(self._take(cap, now), now)
                 if batch:
@@ -369,7 +373,7 @@ class Batcher(PrivateLoop):
     def _finish(self, batch: InFlight) -> None:
         self._running -= 1
         self._free_slots.append(batch.slot)
-        self._wake.set()  # a partial batch held back by FEED_DEPTH may leave now
+        self._wake.set()  # a partial batch held back by the feed depth may leave now
         live, outcomes, batch_ms, busy_ms = batch.result
         if not live:
             return

@@ -11,7 +11,8 @@ import torch
 from labkit.batching import (
     DynamicBatcher,
 )
-from labkit.batching.engine import INLINE_BELOW_MS
+from labkit.batching.core import FEED_DEPTH
+from labkit.batching.engine import INLINE_BELOW_MS, BatchRunner
 
 from .conftest import Recorder, TurnsSlow, run, vec, warm_fast_path
 
@@ -125,27 +126,46 @@ def test_one_inflight_batch_never_overlaps_and_the_next_waits_for_it():
     assert min(_second_batch_wait_ms(max_inflight=1)) >= 45
 
 
-def test_partial_batches_wait_to_fill_behind_two_in_flight_but_full_ones_use_every_slot():
-    # Slots beyond FEED_DEPTH (2) take only full batches: a partial batch would just queue on a
-    # busy device, so it keeps filling until a batch finishes.
+def _partial_batch_sizes(monkeypatch, threads: int) -> tuple[dict[int, int], list[int]]:
+    """Batches of 4, up to 4 in flight, on ``threads`` worker threads: 1 and 2 arrive 10 ms
+    apart, 3 and 4 wait past max_wait_ms while the model computes, then 5-8 arrive at once."""
+    if threads > 1:  # as on a GPU: one thread per slot
+        monkeypatch.setattr(BatchRunner, "threads", property(lambda self: len(self.slots)))
     model = Recorder(sleep_s=0.15)
 
     async def main():
         async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1, max_inflight=4) as b:
             first = []
-            for i in (1, 2):  # each dispatched alone: fewer than two batches in flight then
+            for i in (1, 2):
                 first.append(asyncio.create_task(b.submit(vec(i))))
                 await asyncio.sleep(0.01)
             held = [asyncio.create_task(b.submit(vec(i))) for i in (3, 4)]
-            await asyncio.sleep(0.03)  # long past max_wait_ms, yet they wait behind two batches
-            assert b.stats.batches == 0 and len(b._queue) == 2
-            full = [asyncio.create_task(b.submit(vec(i))) for i in (5, 6, 7, 8)]  # 2 held + these
+            await asyncio.sleep(0.03)  # long past max_wait_ms, yet they wait: the feed is full
+            assert b.stats.batches == 0 and len(b._queue) == (3 if threads == 1 else 2)
+            full = [asyncio.create_task(b.submit(vec(i))) for i in (5, 6, 7, 8)]
             await asyncio.gather(*first, *held, *full)
             return dict(b.stats.batch_sizes)
 
     sizes = run(main())
+    return sizes, sorted(model.sizes)
+
+
+def test_with_a_thread_per_slot_partial_batches_wait_behind_two_in_flight_but_full_ones_use_every_slot(monkeypatch):
+    # Slots beyond FEED_DEPTH (2) take only full batches: a partial batch would just queue on a
+    # busy device, so it keeps filling until a batch finishes. 1 and 2 leave alone (fewer than
+    # two in flight then); 3-6 fill a batch at once; 7 and 8 wait for a slot.
+    sizes, computed = _partial_batch_sizes(monkeypatch, threads=FEED_DEPTH)
     assert sizes == {1: 2, 4: 1, 2: 1}, sizes
-    assert sorted(model.sizes) == [1, 1, 2, 4]
+    assert computed == [1, 1, 2, 4]
+
+
+def test_on_one_cpu_thread_a_partial_batch_keeps_filling_behind_the_computing_one(monkeypatch):
+    # One worker thread computes one batch at a time: 2 would start no sooner for leaving early,
+    # so it waits in the queue and 3 and 4 join it (before: a batch of 1 frozen in the worker's
+    # queue, then one of 2). Full batches still leave at once: 2-5 go while 1 computes.
+    sizes, computed = _partial_batch_sizes(monkeypatch, threads=1)
+    assert sizes == {1: 1, 4: 1, 3: 1}, sizes
+    assert computed == [1, 3, 4]
 
 
 def test_tiny_cpu_batches_take_the_fast_path_on_a_worker_and_a_slow_one_ends_it():
