@@ -9,7 +9,7 @@ SIZE ?= small
 # this machine's pip config names local indexes that lack most packages; pip warns for each one
 QUIET_PIP := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: setup test report lab gpu-check clean
+.PHONY: setup test report lab gpu-check gpu-wheels gpu-wheels-dry-run clean
 
 setup: $(STAMP)
 
@@ -37,9 +37,18 @@ lab: setup
 	$(PY) -m jupyter lab --ServerApp.root_dir=$(CURDIR) START.md
 
 # For a machine with a GPU and its own python3 + torch (the lent GPU image has no network): no
-# venv, no installs, the checkout on PYTHONPATH.
+# venv, the checkout on PYTHONPATH; the report's Jupyter packages come from .whl/ (gpu-wheels).
 gpu-check:
 	PYTHONPATH=$(CURDIR) python3 bench/gpu_check.py $(ARGS)
+
+# On a machine with network, before carrying the checkout to the GPU one (see bench/gpu_wheels.py).
+gpu-wheels: setup
+	$(PY) bench/gpu_wheels.py $(QUIET_PIP)
+
+# The same wheelhouse, for this python, checked in a fresh environment without network access to
+# anything but it: lesson 00 through labkit report (a few minutes).
+gpu-wheels-dry-run: setup
+	$(PY) bench/gpu_wheels.py --dry-run $(QUIET_PIP)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

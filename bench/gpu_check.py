@@ -4,6 +4,12 @@ Runs ``pytest -m gpu``, then each module in BENCHES (its ``run(device) -> dict``
 ``bench/results/<date>-<card>.json`` after each part (merged into that day's file for the card, so
 a run cut short keeps what it measured, and ``--only`` adds to it) and prints a short table. Needs only python3 with torch,
 numpy, psutil and pytest (what the lent GPU image has): no venv, no installs.
+
+Then the main job, `labkit report --device cuda --size full` (``--no-report`` skips it). The GPU
+image has no Jupyter and no network: the report's packages come from ``.whl/`` (`make
+gpu-wheels`, carried with the checkout), installed into a temporary folder. The report goes to
+``bench/results/<date>-<card>-report/`` and each lesson's figures to
+``<date>-<card>-report.json``, where `labkit.reference.lesson_spread` finds them.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from common import print_table  # noqa: E402
 
 from labkit.device import describe, pick_device  # noqa: E402
-from labkit.reference import save_results  # noqa: E402
+from labkit.reference import results_path, save_results  # noqa: E402
 
 BENCHES = ["measuring", "batching", "parallel", "memory", "streams"]
 
@@ -66,10 +72,57 @@ def _problem(case: ET.Element) -> ET.Element | None:
     return failure if failure is not None else case.find("error")
 
 
+def run_full_report(device: torch.device, timeout_s: float) -> dict:
+    """Every lesson at size='full' on ``device`` through `labkit report`; what ran and what held."""
+    import json
+    import os
+    import shutil
+
+    from gpu_wheels import WHEELHOUSE, install, site_env
+
+    env = dict(os.environ)
+    try:
+        import papermill  # noqa: F401
+    except ImportError:
+        site = Path(tempfile.mkdtemp(prefix="labkit-site-"))
+        install(WHEELHOUSE, site)
+        env |= site_env(site)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "labkit", "report", "--device", "cuda", "--size", "full",
+                               "--out", tmp], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        print(proc.stdout[-2000:], proc.stderr[-2000:], sep="\n", flush=True)
+        folders = sorted(Path(tmp).glob("*/figures.json"))
+        if not folders:
+            return {"exit_code": proc.returncode, "error": "the report wrote no figures.json"}
+        run = folders[-1].parent
+        kept = results_path(device, "report").with_suffix("")
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(run, kept, ignore=shutil.ignore_patterns("*.ipynb"))  # the HTML pages hold them
+        notebooks = json.loads(folders[-1].read_text())["notebooks"]
+    lessons = {nb: {f["name"]: f["value"] for f in r["figures"] if isinstance(f["value"], (int, float))}
+               for nb, r in notebooks.items()}
+    claims = [c for r in notebooks.values() for c in r["claims"]]
+    save_results({"lessons": lessons}, device, source="make gpu-check (labkit report --size full)", suffix="report")
+    return {
+        "exit_code": proc.returncode,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "notebooks_ok": sum(r["status"] == "ok" for r in notebooks.values()),
+        "notebooks": len(notebooks),
+        "failed": {nb: r["error"][:300] for nb, r in notebooks.items() if r["status"] != "ok"},
+        "claims_held": sum(bool(c["holds"]) for c in claims),
+        "claims": len(claims),
+        "unheld": [c["statement"] for c in claims if not c["holds"]],
+        "folder": str(kept.relative_to(ROOT)),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES, help="benchmarks to run")
     parser.add_argument("--no-tests", action="store_true", help="skip pytest -m gpu")
+    parser.add_argument("--no-report", action="store_true", help="skip labkit report --size full")
+    parser.add_argument("--report-timeout", type=float, default=420, help="seconds for the whole report")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu-check needs a CUDA device, and torch sees none here. On a CPU machine run `make test`.")
@@ -90,6 +143,15 @@ def main() -> int:
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
         path = save_results({name: results[name]}, device, source="make gpu-check", merge=True)
         print(f"{name}: done in {results[name]['seconds']} s", flush=True)
+    if not args.no_report:
+        t0 = time.perf_counter()
+        try:
+            results["report"] = run_full_report(device, args.report_timeout)
+        except Exception:
+            results["report"] = {"error": traceback.format_exc()}
+            print(results["report"]["error"])
+        path = save_results({"report": results["report"]}, device, source="make gpu-check", merge=True)
+        print(f"report: done in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\nwrote {path.relative_to(ROOT)}\n")
     print_table(results)
     tests_ok = args.no_tests or results["gpu_tests"].get("exit_code") == 0

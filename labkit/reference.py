@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["RecordedRun", "Spread", "results_dir", "recorded_runs", "lookup", "spread", "card_name", "save_results"]
+__all__ = ["RecordedRun", "Spread", "results_dir", "recorded_runs", "lookup", "spread", "lesson_spread", "card_name", "results_path", "save_results"]
 
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 
@@ -129,8 +129,8 @@ class Spread:
 def spread(*key_paths: str, directory: Path | None = None) -> Spread | None:
     """Every GPU run's value of one quantity, which older and newer files store under different paths.
 
-    Each run contributes the value at the first of ``key_paths`` it has (a number); runs of the
-    newest run's card only, so figures of two cards are never mixed. None when no run has it.
+    Each run contributes the value at the first of ``key_paths`` it has (a number), from the
+    newest run's card only (`_newest_card`). None when no run has it.
     """
     found: list[tuple[float, RecordedRun]] = []
     for run in recorded_runs(directory):
@@ -139,6 +139,25 @@ def spread(*key_paths: str, directory: Path | None = None) -> Spread | None:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 found.append((float(value), run))
                 break
+    return _newest_card(found)
+
+
+def lesson_spread(notebook: str, name: str, directory: Path | None = None) -> Spread | None:
+    """The figure ``name`` of lesson ``notebook`` as its own full-size runs on a GPU recorded it
+    (`make gpu-check` runs the report there and keeps each lesson's figures under ``lessons``).
+
+    Looked up by name, not by dotted path: figure names may hold dots and spaces.
+    """
+    found = []
+    for run in recorded_runs(directory):
+        value = run.data.get("results", {}).get("lessons", {}).get(notebook, {}).get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.append((float(value), run))
+    return _newest_card(found)
+
+
+def _newest_card(found: list[tuple[float, RecordedRun]]) -> Spread | None:
+    """The values of the newest run's card only, so figures of two cards are never mixed."""
     if not found:
         return None
     card = found[-1][1].card
@@ -152,6 +171,12 @@ def card_name(device: str | torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
+def results_path(device: str | torch.device, suffix: str = "", directory: Path | None = None) -> Path:
+    """``<directory>/<date>-<card>[-suffix].json``, today, for ``device``'s card."""
+    slug = re.sub(r"[^a-z0-9]+", "-", card_name(device).lower().removeprefix("nvidia ")).strip("-")
+    return (directory or results_dir()) / f"{datetime.date.today().isoformat()}-{slug}{'-' + suffix if suffix else ''}.json"
+
+
 def save_results(results: dict[str, Any], device: str | torch.device, *, source: str, suffix: str = "",
                  directory: Path | None = None, merge: bool = False) -> Path:
     """Write ``results`` as ``<date>-<card>[-suffix].json`` with the card, date and versions beside them.
@@ -160,18 +185,14 @@ def save_results(results: dict[str, Any], device: str | torch.device, *, source:
     of different parts on the same card and day add up to one record.
     """
     device = torch.device(device)
-    card = card_name(device)
-    date = datetime.date.today().isoformat()
-    slug = re.sub(r"[^a-z0-9]+", "-", card.lower().removeprefix("nvidia ")).strip("-")
-    directory = directory or results_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{date}-{slug}{'-' + suffix if suffix else ''}.json"
+    path = results_path(device, suffix, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if merge and path.exists():
         results = json.loads(path.read_text())["results"] | results
     payload = {
-        "card": card,
+        "card": card_name(device),
         "device_type": device.type,
-        "date": date,
+        "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "source": source,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from labkit.claims import MIME as CLAIM_MIME
 from labkit.recording import MIME
-from labkit.reference import spread
+from labkit.reference import lesson_spread, spread
 
 __all__ = ["NotebookRun", "run_report", "read_figures", "compare", "claims_in", "failed_claims"]
 
@@ -125,7 +125,12 @@ def run_report(notebooks: list[Path], out_root: Path, *, device: str = "auto", s
         runs.append(run)
     for run in runs:
         for fig in run.figures:
-            found = spread(fig["reference"]) if fig.get("reference") else None
+            # the lesson's own full-size run on a GPU first; else the benchmark figure it names
+            found = lesson_spread(run.name, fig["name"])
+            if found is not None:
+                fig["reference_label"] = "this lesson at size='full'"
+            elif fig.get("reference"):
+                found = spread(fig["reference"])
             if found is not None:
                 fig["reference_value"], fig["reference_spread"] = found.median, found.text()
                 fig["reference_card"] = found.source

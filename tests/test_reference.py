@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from labkit.reference import lookup, recorded_runs, results_dir, save_results, spread
+from labkit.reference import lesson_spread, lookup, recorded_runs, results_dir, save_results, spread
 
 
 def write(path, data):
@@ -130,3 +130,15 @@ def test_spread_never_mixes_cards_and_skips_non_numbers(tmp_path):
     s = spread("x", directory=tmp_path)
     assert s.values == (2.0,) and s.card == "NVIDIA H200" and s.text() == "2 (1 run)"
     assert spread("missing", directory=tmp_path) is None
+
+
+def test_a_lessons_own_full_size_runs_are_found_by_figure_name_on_the_newest_card(tmp_path):
+    lessons = lambda v: {"lessons": {"01_dynamic_batching": {"DynamicBatcher / ceiling": v, "device": "GPU"}}}  # noqa: E731
+    write(tmp_path / "2026-11-01-h100-report.json", {"card": "NVIDIA H100", "device_type": "cuda", "results": lessons(0.5)})
+    write(tmp_path / "2026-12-01-h200-report.json", {"card": "NVIDIA H200", "device_type": "cuda", "results": lessons(0.97)})
+    write(tmp_path / "2026-12-02-h200-report.json", {"card": "NVIDIA H200", "device_type": "cuda", "results": lessons(0.99)})
+    write(tmp_path / "2026-12-03-cpu-report.json", {"card": "CPU", "device_type": "cpu", "results": lessons(0.2)})
+    found = lesson_spread("01_dynamic_batching", "DynamicBatcher / ceiling", tmp_path)
+    assert found.values == (0.97, 0.99) and found.card == "NVIDIA H200"  # a dotted, spaced name; no CPU run
+    assert lesson_spread("01_dynamic_batching", "device", tmp_path) is None  # text is not a figure
+    assert lesson_spread("02_adaptive_and_priority", "DynamicBatcher / ceiling", tmp_path) is None
