@@ -30,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     assign.add_argument("--solutions", type=Path, default=Path("solutions"))
     assign.add_argument("--exercises", type=Path, default=Path("exercises"))
     assign.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises/ is out of date")
+    assign.add_argument("--list", action="store_true",
+                        help="print every question: id, title, points, what it grades, expected learner time")
     grade = sub.add_parser("grade", help="grade submitted notebooks into a CSV and a feedback file each")
     grade.add_argument("submissions", nargs="+", type=Path, help="notebooks, or folders of them")
     grade.add_argument("--out", type=Path, default=Path("grades.csv"))
@@ -80,8 +82,11 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _assign(args: argparse.Namespace) -> int:
-    from labkit.grading.assign import assign, stale_exercises
+    from labkit.grading.assign import assign, question_table, stale_exercises
 
+    if args.list:
+        print(question_table())
+        return 0
     try:
         if args.check:
             stale = stale_exercises(args.solutions, args.exercises)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 
@@ -305,27 +304,6 @@ def _recorded_curves() -> list[tuple[str, dict]]:
     return found
 
 
-def _replayed(curve: dict):
-    """``trial(n)`` as the GPU answered it: measured rows as recorded, peaks between them
-    interpolated, out of memory past the recorded maximum (every batch around it was tried)."""
-    from labkit.memory import Trial
-
-    rows = {r["batch"]: r for r in curve["trials"]}
-    fitted = sorted(n for n, r in rows.items() if r["fits"])
-
-    def at(n: int, key: str) -> int:
-        i = min(max(bisect.bisect_left(fitted, n), 1), len(fitted) - 1)
-        a, b = fitted[i - 1], fitted[i]
-        return round(rows[a][key] + (rows[b][key] - rows[a][key]) * (n - a) / (b - a))
-
-    def trial(n: int) -> Trial:
-        if n > curve["max_batch"]:
-            return Trial(n, False, None, 0.0)
-        return Trial(n, True, at(n, "reserved"), 0.0, at(n, "allocated"))
-
-    return trial
-
-
 CURVES = _recorded_curves()
 
 
@@ -336,8 +314,9 @@ def test_memory_curves_were_recorded_on_a_gpu():
 @pytest.mark.parametrize(("name", "curve"), CURVES, ids=[name for name, _ in CURVES])
 def test_search_on_a_recorded_gpu_curve_is_exact_and_short(name, curve):
     from labkit.memory import search_max_batch
+    from labkit.memory.trials import recorded_trial
 
-    result = search_max_batch(_replayed(curve), curve["budget_bytes"], base_bytes=curve["weight_bytes"])
+    result = search_max_batch(recorded_trial(curve), curve["budget_bytes"], base_bytes=curve["weight_bytes"])
     assert result.batch == curve["max_batch"]
     assert [t.fits for t in result.trials if t.batch == result.batch + 1] == [False]
     # float32: the reserved/allocated ratio barely moves with the batch, so the line lands at

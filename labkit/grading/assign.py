@@ -99,3 +99,18 @@ def stale_exercises(solutions: Path, exercises: Path) -> list[str]:
     known = {s.name for s in solutions.glob("*.ipynb")}
     stale += [p.name for p in sorted(exercises.glob("*.ipynb")) if p.name not in known]
     return stale
+
+
+def question_table() -> str:
+    """Every question, one line each, with the totals: what an instructor plans a course with."""
+    from labkit.grading.questions import QUESTIONS
+
+    rows = [("question", "title", "points", "grades", "minutes")]
+    rows += [(q.id, q.title, f"{q.points:g}", q.kind, str(q.minutes)) for q in QUESTIONS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i < 2 or i == 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    speed = sum(q.kind == "speed" for q in QUESTIONS.values())
+    lines.append(f"{len(QUESTIONS)} questions ({speed} graded on speed), "
+                 f"{sum(q.points for q in QUESTIONS.values()):g} points, about {sum(q.minutes for q in QUESTIONS.values())} minutes")
+    return "\n".join(lines)

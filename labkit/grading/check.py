@@ -15,7 +15,7 @@ from typing import Any
 from labkit.grading.plain import to_plain
 from labkit.grading.probes import observe
 from labkit.grading.questions import QUESTIONS
-from labkit.grading.trials import Observation, Score, Trial, score
+from labkit.grading.trials import Observation, Score, Trial, run_rounds, score
 
 __all__ = ["check", "grade_here", "run_here"]
 
@@ -34,21 +34,25 @@ def _loop_running() -> bool:
 
 
 def run_here(trial: Trial, answer: Any) -> Observation:
-    """One trial in this process, as the grader would see it."""
-    calls: list[tuple[str, list]] = []
+    """One trial in this process, as the grader would see it (a speed trial's rounds included)."""
 
-    def oracle(name: str, args: list) -> Any:
-        calls.append((name, _as_sent(to_plain(args))))
-        return trial.oracles[name](*calls[-1][1])
+    def run_once(inputs: Any) -> Observation:
+        calls: list[tuple[str, list]] = []
 
-    start = time.perf_counter()
-    if _loop_running():  # Jupyter runs cells inside an event loop; a probe may start its own
-        with ThreadPoolExecutor(1) as thread:
-            output, error, extra = thread.submit(observe, trial.probe, _as_sent(trial.inputs), answer, oracle).result()
-    else:
-        output, error, extra = observe(trial.probe, _as_sent(trial.inputs), answer, oracle)
-    seconds = time.perf_counter() - start
-    return Observation(_as_sent(output), error, tuple(calls), seconds, _as_sent(extra))
+        def oracle(name: str, args: list) -> Any:
+            calls.append((name, _as_sent(to_plain(args))))
+            return trial.oracles[name](*calls[-1][1])
+
+        start = time.perf_counter()
+        if _loop_running():  # Jupyter runs cells inside an event loop; a probe may start its own
+            with ThreadPoolExecutor(1) as thread:
+                output, error, extra = thread.submit(observe, trial.probe, _as_sent(inputs), answer, oracle).result()
+        else:
+            output, error, extra = observe(trial.probe, _as_sent(inputs), answer, oracle)
+        seconds = time.perf_counter() - start
+        return Observation(_as_sent(output), error, tuple(calls), seconds, _as_sent(extra))
+
+    return run_rounds(trial, run_once)
 
 
 def grade_here(question: str, answer: Any) -> Score:

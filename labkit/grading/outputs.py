@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from datetime import datetime
 from pathlib import Path
 
@@ -121,8 +122,30 @@ def _similarity(rows: list[Row], solutions: Path) -> str:
     return similarity_report(pairs, SIMILARITY_THRESHOLD, questions=graded)
 
 
+def score_distribution(rows: list[Row]) -> list[str]:
+    """Per question, how the class scored (the counted submission of each student): median,
+    range, how many got full marks and none, and a histogram over fifths of the points."""
+    by_question: dict[str, list[tuple[float, float]]] = {}
+    for counted in _counted(rows).values():
+        for o in (o for r in counted for o in r.outcomes):
+            by_question.setdefault(o.question, []).append((o.points, o.out_of))
+    lines = []
+    for q in (q for q in QUESTIONS if q in by_question):
+        marks = by_question[q]
+        out_of = marks[0][1]
+        points = sorted(p for p, _ in marks)
+        bins = [0] * 5  # fifths of the points: [0, 20%), ..., [80%, 100%]
+        for p in points:
+            bins[min(4, int(5 * p / out_of))] += 1
+        lines.append(f"  {q} ({QUESTIONS[q].kind}, {out_of:g} points): median {statistics.median(points):g}, "
+                     f"range {points[0]:g}-{points[-1]:g}, {sum(p >= out_of for p in points)} full, "
+                     f"{sum(p == 0 for p in points)} zero of {len(points)}; by fifths {' '.join(map(str, bins))}")
+    return lines
+
+
 def summary(rows: list[Row], solutions: Path) -> str:
     lines = ["Grading summary (for the instructor; never shown to students)", "",
+             "Scores per question (each student's counted submission):", *score_distribution(rows), "",
              "Grading time per submission:"]
     lines += [f"  {row.name}: {row.seconds:.2f} s, {row.total:g} / {row.out_of:g}"
               + (f" (not graded: {row.reason})" if row.reason else "") for row in rows]

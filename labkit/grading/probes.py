@@ -8,68 +8,22 @@ data; judging happens elsewhere (labkit.grading.trials).
 
 from __future__ import annotations
 
-import asyncio
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+from labkit.grading.exercises import PROBES as EXERCISE_PROBES
 from labkit.grading.plain import text, to_plain
+from labkit.grading.trials import Oracle
 
 __all__ = ["PROBES", "observe"]
-
-Oracle = Callable[[str, list], Any]
 
 
 def _call(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
     return answer(*inputs["args"]), {}
 
 
-def _gather(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
-    import torch  # only this probe needs it
-
-    return answer([(index, torch.tensor(values)) for index, values in inputs["parts"]]), {}
-
-
-def _find_max(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
-    return answer(lambda n: oracle("fits", [n]), inputs["limit"]), {}
-
-
-def _predict_all(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
-    """The answer's coroutine on blocking models, with a 10 ms ticker on the same event loop: its
-    longest pause is how long the loop could not run anything else."""
-
-    def model(factor: float, delay: float) -> Callable[[float], float]:
-        def run(x: float) -> float:
-            time.sleep(delay)
-            if x < 0:
-                raise ValueError(f"negative input {x}")
-            return x * factor
-        return run
-
-    models = {name: model(factor, delay) for name, (factor, delay) in inputs["models"].items()}
-    requests = [tuple(r) for r in inputs["requests"]]
-    ticks: list[float] = []
-
-    async def main() -> Any:
-        async def tick() -> None:
-            while True:
-                ticks.append(time.perf_counter())
-                await asyncio.sleep(0.01)
-
-        ticker = asyncio.create_task(tick())
-        try:
-            return await answer(models, requests)
-        finally:
-            ticks.append(time.perf_counter())
-            ticker.cancel()
-
-    output = asyncio.run(main())
-    return output, {"longest_pause_s": max((b - a for a, b in zip(ticks, ticks[1:], strict=False)), default=0.0)}
-
-
-PROBES: dict[str, Callable[[Callable, Any, Oracle], tuple[Any, dict]]] = {
-    "call": _call, "gather": _gather, "find_max": _find_max, "predict_all": _predict_all}
+PROBES: dict[str, Callable[[Callable, Any, Oracle], tuple[Any, dict]]] = {"call": _call, **EXERCISE_PROBES}
 
 
 def _where(e: BaseException) -> str:

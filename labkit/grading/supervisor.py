@@ -33,7 +33,7 @@ import psutil
 from labkit.grading import landlock
 from labkit.grading.channel import Closed, LineReader, TooLong, send
 from labkit.grading.questions import QUESTIONS
-from labkit.grading.trials import Observation, score
+from labkit.grading.trials import Observation, run_rounds, score
 
 __all__ = ["kill_descendants", "main", "readable_paths"]
 
@@ -208,24 +208,30 @@ def _drive(q, trials, child: LineReader, to_child: int, pid: int, deadline: floa
         if not cells["defined"]:
             missing = f"no definition named {q.name!r} in the notebook"
             return _outcome(q, trials, seen, notes, missing, log)
+        runs = 0
         for number, trial in enumerate(trials):
-            start = time.monotonic()
-            send(to_child, {"run": number, "probe": trial.probe, "inputs": trial.inputs})
-            calls: list[tuple[str, list]] = []
-            while True:
-                message = child.message(deadline)
-                if message is None:
-                    raise TimeoutError
-                if "oracle" in message and message["oracle"] in trial.oracles:
-                    calls.append((message["oracle"], message["args"]))
-                    send(to_child, _serve(trial.oracles[message["oracle"]], message["args"]))
-                    continue
-                if message.get("result") != number:
-                    raise ValueError(f"an unexpected message on the grader's channel: {str(message)[:200]}")
-                break
-            seen[number] = Observation(message["output"], message["error"], tuple(calls),
+            def run_once(inputs: Any, trial=trial) -> Observation:
+                nonlocal runs
+                runs += 1
+                start = time.monotonic()
+                send(to_child, {"run": runs, "probe": trial.probe, "inputs": inputs})
+                calls: list[tuple[str, list]] = []
+                while True:
+                    message = child.message(deadline)
+                    if message is None:
+                        raise TimeoutError
+                    if "oracle" in message and message["oracle"] in trial.oracles:
+                        calls.append((message["oracle"], message["args"]))
+                        send(to_child, _serve(trial.oracles[message["oracle"]], message["args"]))
+                        continue
+                    if message.get("result") != runs:
+                        raise ValueError(f"an unexpected message on the grader's channel: {str(message)[:200]}")
+                    return Observation(message["output"], message["error"], tuple(calls),
                                        time.monotonic() - start, message["extra"] or {})
-            log.append(f"trial {number + 1} ({trial.call}): {seen[number].seconds:.3f} s")
+
+            seen[number] = run_rounds(trial, run_once)
+            speed = f", {seen[number].speedup:.2f}x the reference over {len(seen[number].rounds)} rounds" if seen[number].rounds else ""
+            log.append(f"trial {number + 1} ({trial.call}): {seen[number].seconds:.3f} s{speed}")
         send(to_child, {"exit": True})
     except TimeoutError:
         missing = f"did not finish within {timeout_s:g} s (an endless loop?)"

@@ -3,6 +3,7 @@ simulated one elsewhere, whose bytes are counted on the meta device without comp
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
 import gc
@@ -19,7 +20,7 @@ from labkit.memory.checks import measurable
 from labkit.memory.search import Trial
 from labkit.models import input_spec_of
 
-__all__ = ["make_trial"]
+__all__ = ["make_trial", "recorded_trial"]
 
 
 def make_trial(model: nn.Module, example: torch.Tensor, device: str | torch.device | None = None, *,
@@ -130,3 +131,30 @@ def _explained_meta_errors(model: nn.Module) -> Iterator[None]:
             f"({type(err).__name__}: {err}). Run the search on a CUDA device (device='cuda'), or keep "
             f"data-dependent steps (.item(), .tolist(), branches on values, boolean masks) and tensors "
             f"made on a fixed device (make them on x.device) out of forward.") from err
+
+
+def recorded_trial(curve: dict, budget_bytes: float | None = None) -> Callable[[int], Trial]:
+    """``trial(n)`` as a GPU answered it, replayed from a curve `bench/memory_curve.py` recorded
+    (``{"max_batch", "trials": [{"batch", "fits", "reserved", "allocated"}, ...]}``): recorded
+    rows as they were, peaks between them interpolated, out of memory past the recorded maximum
+    (every batch around it was tried). ``budget_bytes`` below the recording's: a batch fits only
+    if its reserved peak stays within it too. Lets a search be tested, on any machine, against a
+    real caching allocator's behaviour.
+    """
+    rows = {r["batch"]: r for r in curve["trials"]}
+    fitted = sorted(n for n, r in rows.items() if r["fits"])
+
+    def at(n: int, key: str) -> int:
+        i = min(max(bisect.bisect_left(fitted, n), 1), len(fitted) - 1)
+        a, b = fitted[i - 1], fitted[i]
+        return round(rows[a][key] + (rows[b][key] - rows[a][key]) * (n - a) / (b - a))
+
+    def trial(n: int) -> Trial:
+        if n > curve["max_batch"]:
+            return Trial(n, False, None, 0.0)
+        reserved = at(n, "reserved")
+        if budget_bytes is not None and reserved > budget_bytes:
+            return Trial(n, False, None, 0.0)
+        return Trial(n, True, reserved, 0.0, at(n, "allocated"))
+
+    return trial
