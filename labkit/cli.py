@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     grade.add_argument("--jobs", type=int, default=1)
     grade.add_argument("--timeout", type=float, default=60.0, help="seconds per question")
     grade.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per grading process")
+    grade.add_argument("--only", nargs="+", default=(), metavar="QUESTION",
+                       help="grade only these questions, e.g. 03.split_sizes (after fixing one question's tests)")
     grade.add_argument("--feedback", type=Path, help="folder for feedback files (default: beside the CSV)")
     grade.add_argument("--solutions", type=Path,
                        help="reference solutions, graded first under the same tests and limits (default: solutions/)")
@@ -123,7 +125,7 @@ def _grade(args: argparse.Namespace) -> int:
     if not rows:
         print("labkit grade: no notebooks found in " + ", ".join(map(str, args.submissions)), file=sys.stderr)
         return 2
-    settings = Settings(timeout_s=args.timeout, memory_mb=args.memory_mb, jobs=args.jobs)
+    settings = Settings(timeout_s=args.timeout, memory_mb=args.memory_mb, jobs=args.jobs, only=tuple(args.only))
     try:
         rows = grade_all(rows, args.out, tests=args.tests, settings=settings, feedback_dir=args.feedback,
                          solutions=args.solutions, deadline=deadline, formats=tuple(args.formats))

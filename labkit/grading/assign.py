@@ -21,15 +21,33 @@ END = re.compile(r"^[ \t]*# END SOLUTION\b")
 ANSWER_HERE = "*Your answer here.*"
 
 
+def _in_class_body(lines: list[str], indent: str) -> bool:
+    """Is a line at ``indent`` directly in a class body? (The nearest line above it with less
+    indentation opens a class.)"""
+    for line in reversed(lines):
+        stripped = line.lstrip()
+        if stripped and not stripped.startswith("#") and len(line) - len(stripped) < len(indent):
+            return stripped.startswith("class ")
+    return False
+
+
 def strip_solutions(source: str) -> str:
-    """``source`` with every solution block replaced by a stub raising `NotImplementedError`."""
+    """``source`` with every solution block replaced by a stub raising `NotImplementedError`.
+
+    A block directly in a class body holds the solution's helper methods: it is left out (a
+    ``raise`` there would fail the class definition); the learner writes helpers of their own,
+    and the public methods carry their own blocks, so each raises until answered.
+    """
     out: list[str] = []
     block: re.Match | None = None
     for number, line in enumerate(source.splitlines(), 1):
         if block is None and (block := BEGIN.match(line)):
             hint = block["hint"].strip()
             message = f"your answer here{' (hint: ' + hint + ')' if hint else ''}"
-            out.append(f"{block['indent']}raise NotImplementedError({message!r})")
+            if _in_class_body(out, block["indent"]):
+                out.append(f"{block['indent']}# your helper methods here{' (hint: ' + hint + ')' if hint else ''}")
+            else:
+                out.append(f"{block['indent']}raise NotImplementedError({message!r})")
         elif block is not None and END.match(line):
             block = None
         elif block is None:

@@ -44,14 +44,13 @@ def run_here(trial: Trial, answer: Any) -> Observation:
             return trial.oracles[name](*calls[-1][1])
 
         start = time.perf_counter()
-        if _loop_running():  # Jupyter runs cells inside an event loop; a probe may start its own
-            with ThreadPoolExecutor(1) as thread:
-                output, error, extra = thread.submit(observe, trial.probe, _as_sent(inputs), answer, oracle).result()
-        else:
-            output, error, extra = observe(trial.probe, _as_sent(inputs), answer, oracle)
+        output, error, extra = observe(trial.probe, _as_sent(inputs), answer, oracle)
         seconds = time.perf_counter() - start
         return Observation(_as_sent(output), error, tuple(calls), seconds, _as_sent(extra))
 
+    if _loop_running():  # Jupyter runs cells inside an event loop; a probe or a reference may start its own
+        with ThreadPoolExecutor(1) as thread:
+            return thread.submit(run_rounds, trial, run_once).result()
     return run_rounds(trial, run_once)
 
 

@@ -208,7 +208,7 @@ def _drive(q, trials, child: LineReader, to_child: int, pid: int, deadline: floa
         if not cells["defined"]:
             missing = f"no definition named {q.name!r} in the notebook"
             return _outcome(q, trials, seen, notes, missing, log)
-        runs = 0
+        runs = -1  # probe runs sent so far, less one: a speed trial sends one per round
         for number, trial in enumerate(trials):
             def run_once(inputs: Any, trial=trial) -> Observation:
                 nonlocal runs

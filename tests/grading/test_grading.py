@@ -17,7 +17,9 @@ from labkit.grading.grade import Settings, grade_all
 
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = Path(__file__).parent / "hidden"
-SOLUTION_03 = ROOT / "solutions" / "03_data_parallel.ipynb"
+SOLUTION_03 = ROOT / "solutions" / "03_multi_gpu.ipynb"
+
+LESSON_NUMBERS = sorted(p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,7 +41,7 @@ def graded_course(tmp_path_factory) -> dict[str, dict]:
 
 def test_every_solution_scores_full_marks_with_the_hidden_tests(graded_course):
     solutions = {k: r for k, r in graded_course.items() if k.startswith("solutions/")}
-    assert len(solutions) == 5
+    assert sorted(r.exercise for r in solutions.values()) == LESSON_NUMBERS, "one exercise per lesson"
     for name, row in solutions.items():
         assert not row.reason, name
         assert sorted(o.question for o in row.outcomes) == sorted(_questions(row.exercise)), name
@@ -48,7 +50,7 @@ def test_every_solution_scores_full_marks_with_the_hidden_tests(graded_course):
 
 def test_every_exercise_scores_zero_and_runs_without_error(graded_course):
     exercises = {k: r for k, r in graded_course.items() if k.startswith("exercises/")}
-    assert len(exercises) == 5
+    assert sorted(r.exercise for r in exercises.values()) == LESSON_NUMBERS
     for name, row in exercises.items():
         assert row.total == 0 and len(row.outcomes) == len(_questions(row.exercise)), name
         assert all(not o.notes for o in row.outcomes), name  # no cell raised
@@ -86,6 +88,19 @@ def test_solution_blocks_become_stubs_that_keep_indentation_and_the_hint():
         strip_solutions("# BEGIN SOLUTION\nx = 1")
     with pytest.raises(ValueError, match="without a"):
         strip_solutions("x = 1\n# END SOLUTION")
+
+
+def test_a_block_of_helper_methods_in_a_class_body_is_left_out_and_the_class_still_defines():
+    source = ("class C:\n    def run(self):\n        # BEGIN SOLUTION call the helper\n        return self._h()\n"
+              "        # END SOLUTION\n\n    # BEGIN SOLUTION a helper\n    def _h(self):\n        return 1\n"
+              "    # END SOLUTION\n")
+    stub = strip_solutions(source)
+    assert stub == ("class C:\n    def run(self):\n        raise NotImplementedError('your answer here (hint: call the "
+                    "helper)')\n\n    # your helper methods here (hint: a helper)")
+    namespace: dict = {}
+    exec(stub, namespace)  # the class definition itself must not raise
+    with pytest.raises(NotImplementedError):
+        namespace["C"]().run()
 
 
 def test_solution_tagged_cells_are_emptied_and_outputs_cleared():
@@ -176,7 +191,7 @@ def test_check_works_inside_a_running_event_loop_as_in_jupyter(capsys):
     async def cell():  # ipykernel runs every cell with an event loop running in its thread
         return check("05.predict_all", predict_all)
 
-    assert asyncio.run(cell()) == 3.0, capsys.readouterr().out
+    assert asyncio.run(cell()) == QUESTIONS["05.predict_all"].points, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("solution", sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb")))
@@ -190,3 +205,25 @@ def test_each_solution_passes_its_public_checks_in_a_real_kernel(solution):
     for cell in checks:
         printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
         assert "all public tests pass" in printed, (cell.source, printed)
+
+
+def test_the_summary_shows_each_questions_score_distribution(graded_course):
+    from labkit.grading.outputs import score_distribution
+
+    lines = score_distribution(list(graded_course.values()))  # two "students": solutions/ and exercises/
+    assert len(lines) == len(QUESTIONS)
+    for line, (qid, q) in zip(lines, QUESTIONS.items(), strict=True):
+        assert line.strip().startswith(f"{qid} ({q.kind}, {q.points:g} points)")
+        assert f"range 0-{q.points:g}, 1 full, 1 zero of 2; by fifths 1 0 0 0 1" in line, line
+
+
+def test_assign_list_names_every_question_its_points_kind_and_time():
+    listed = subprocess.run([sys.executable, "-m", "labkit.cli", "assign", "--list"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:-1]}
+    assert set(rows) == set(QUESTIONS)
+    for qid, q in QUESTIONS.items():
+        assert q.title in rows[qid] and f" {q.kind} " in rows[qid] and rows[qid].rstrip().endswith(str(q.minutes))
+    speed = [q for q in QUESTIONS.values() if q.kind == "speed"]
+    assert f"{len(QUESTIONS)} questions ({len(speed)} graded on speed)" in listed.stdout.splitlines()[-1]

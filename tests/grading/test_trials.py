@@ -14,6 +14,7 @@ from labkit.grading.trials import (
     MAX_LINE,
     Mismatch,
     Observation,
+    Partial,
     Trial,
     equal,
     score,
@@ -233,15 +234,13 @@ def test_question_trials_appends_hidden_cases_as_hidden():
     ("03.split_sizes", ((7, 1), [7], "hint", "extra")),  # one item too many
     ("03.split_sizes", 5),  # not a sequence at all
     ("03.split_sizes", (7, [7])),  # args not a sequence
-    ("04.find_max", ("37", 1000)),  # a non-int truth
-    ("04.find_max", (37.0, 1000)),
-    ("04.find_max", (37, 0)),  # limit must be > 0
-    ("04.find_max", (37,)),
+    ("04.find_max_batch", ("float64", None, 4096)),  # no such recorded curve
+    ("04.find_max_batch", ("float32",)),  # no budget, no limit
 ])
 def test_malformed_hidden_case_names_the_question(question, case):
     q = QUESTIONS[question]
     with pytest.raises(ValueError) as info:
-        q.trials([((1, 1), [1]), case] if question == "03.split_sizes" else [(3, 8), case])
+        q.trials([((1, 1), [1]), case] if question == "03.split_sizes" else [("float32", 8, 4096), case])
     message = str(info.value)
     assert question in message and "hidden case 2" in message
 
@@ -250,73 +249,68 @@ def test_public_cases_build():
     for q in QUESTIONS.values():
         trials = q.trials()
         assert len(trials) == len(q.cases) and not any(t.hidden for t in trials)
-        assert q.name == q.id.split(".", 1)[1]
+        assert q.name == (q.answer or q.id.split(".", 1)[1])
 
 
-# -- oracles, through run_here ------------------------------------------------------------------
+# -- oracles and partial credit, through run_here -------------------------------------------------
 
 
-def bisect(fits, limit):
-    if fits(limit):
-        return limit
-    lo, hi = 0, limit  # fits(0) is assumed; hi is known not to fit
+def bisect(trial, budget_bytes, limit, base_bytes):
+    lo, hi = 0, limit + 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if trial(mid)["fits"] else (lo, mid)
     return lo
 
 
-def linear(fits, limit):
+def linear(trial, budget_bytes, limit, base_bytes):
     n = 0
-    while n < limit and fits(n + 1):
+    while n < limit and trial(n + 1)["fits"]:
         n += 1
     return n
 
 
-def test_run_here_records_oracle_calls_for_a_bisection():
-    q = QUESTIONS["04.find_max"]
-    trial = q.trials()[0]  # (37, 1000)
-    assert trial.inputs == {"limit": 1000}
+def test_run_here_records_the_oracle_calls_of_a_search_on_a_recorded_curve():
+    trial = QUESTIONS["04.find_max_batch"].trials()[0]  # float32 on an H200, 16 GiB
+    assert trial.inputs == {"budget": 16 * 2**30, "limit": 4096, "base": trial.inputs["base"]} and trial.inputs["base"] > 0
     seen = run_here(trial, bisect)
-    assert seen.output == 37 and seen.error is None
-    assert 0 < len(seen.calls) <= 22
-    assert all(name == "fits" and len(args) == 1 and isinstance(args[0], int) for name, args in seen.calls)
-    assert seen.calls[0] == ("fits", [1000])
-    trial.judge(seen)
+    assert seen.output == 1211 and seen.error is None
+    assert all(name == "trial" and len(args) == 1 and isinstance(args[0], int) for name, args in seen.calls)
+    assert seen.calls[0] == ("trial", [2048])
+    fits = trial.oracles["trial"]
+    assert fits(1211)["fits"] and fits(1211)["reserved"] <= 16 * 2**30 and not fits(1212)["fits"]
+    assert fits(1212)["reserved"] is None  # out of memory leaves no peak
 
 
-def test_a_linear_scan_is_refused_by_the_judge():
-    trial = QUESTIONS["04.find_max"].trials()[0]
-    seen = run_here(trial, linear)
-    assert seen.output == 37 and len(seen.calls) == 38
-    with pytest.raises(Mismatch) as info:
-        trial.judge(seen)
-    assert "limit=1000" in info.value.call and info.value.got == "38"
+def test_a_correct_but_slower_search_earns_part_of_the_trial_and_says_why():
+    trial = QUESTIONS["04.find_max_batch"].trials()[0]
+    with pytest.raises(Partial) as bisected:
+        trial.judge(run_here(trial, bisect))
+    assert bisected.value.credit == 0.25 and "bisection 12" in bisected.value.expected  # the naive baseline's own count
+    with pytest.raises(Partial) as scanned:
+        trial.judge(run_here(trial, linear))
+    assert scanned.value.credit == 0.25 and scanned.value.got == "1212"
 
 
-def test_find_max_scores_bisection_full_and_linear_partially():
-    q = QUESTIONS["04.find_max"]
-    assert grade_here(q.id, bisect).points == q.points
-    result = grade_here(q.id, linear)
-    assert 0 < result.points < q.points
-    assert any("at most 22" in line for line in result.feedback)
+def test_find_max_batch_scores_a_bisection_a_quarter_and_a_wrong_or_unproven_answer_nothing():
+    q = QUESTIONS["04.find_max_batch"]
+    assert grade_here(q.id, bisect).points == 0.25 * q.points
+    assert grade_here(q.id, lambda trial, budget, limit, base: 1211).points == 0  # known, not proven
+    trial = q.trials()[0]
+    with pytest.raises(Mismatch) as wrong:
+        trial.judge(run_here(trial, lambda t, budget, limit, base: bisect(t, budget, limit, base) - 1))
+    assert wrong.value.expected == "1211"
 
 
-def test_find_max_oracle_answers_by_truth():
-    trial = QUESTIONS["04.find_max"].trials()[0]
-    fits = trial.oracles["fits"]
-    assert fits(37) and fits(0) and not fits(38)
-    seen = run_here(trial, lambda fits, limit: [fits(n) for n in (36, 37, 38)])
-    assert seen.output == [True, True, False]
+def test_partial_credit_adds_up_in_the_score():
+    trials = [_trial("a()", 1), _trial("b()", 1)]
 
+    def half(seen):
+        raise Partial("b()", "fast", "slow", credit=0.5)
 
-def test_find_max_wrong_value_is_a_mismatch():
-    trial = QUESTIONS["04.find_max"].trials()[0]
-    with pytest.raises(Mismatch):
-        trial.judge(run_here(trial, lambda fits, limit: 36))
+    trials[1] = Trial("b()", "call", {"args": []}, half)
+    result = score("q", trials, [_seen(1), _seen(1)], 4)
+    assert result.points == 3.0 and result.passed == 1 and result.feedback == ["b(): expected fast, got slow"]
 
 
 def test_run_here_turns_a_raise_into_an_error():

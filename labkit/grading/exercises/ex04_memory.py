@@ -1,36 +1,68 @@
-"""Exercise 04: predicting and finding the largest batch that fits."""
+"""Exercise 04: predicting the largest batch from two probes, and finding it on memory curves an H200
+recorded, graded on its trials against bisection's."""
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Callable
 from typing import Any
 
 from labkit.grading.plain import describe, same, value_of
-from labkit.grading.trials import Mismatch, Observation, Oracle, Question, Trial, calls
+from labkit.grading.trials import Mismatch, Observation, Oracle, Partial, Question, Trial, calls
 
 
-def _find_max(truth: int, limit: int, hint: str = "keep the largest n that fitted and the smallest that did not") -> Trial:
-    """(truth, limit, hint): fits(n) is n <= truth"""
-    if not (isinstance(truth, int) and isinstance(limit, int) and limit > 0):
-        raise ValueError("truth and limit must be integers, limit > 0")
-    call = f"find_max(fits = n <= {truth}, limit={limit})"
-    budget = 2 * math.ceil(math.log2(limit)) + 2
+def _curve(name: str) -> dict:
+    """A curve bench/memory_curve.py recorded on a GPU (ResNet-50 under a 16 GiB cap), by precision."""
+    from labkit.reference import results_dir
+
+    for path in sorted(results_dir().glob("*-memory-curve.json"), reverse=True):
+        curves = json.loads(path.read_text())["results"]
+        if name in curves["curves"]:
+            return curves["curves"][name] | {"budget_bytes": curves["budget_bytes"]}
+    raise ValueError(f"no recorded memory curve {name!r} under bench/results")
+
+
+def _find_max_batch(curve: str, budget_gib: float | None, limit: int, hint: str = "") -> Trial:
+    """(recorded curve name, budget in GiB or None for the recorded one, limit, hint)"""
+    from labkit.memory import search_max_batch
+    from labkit.memory.trials import recorded_trial
+
+    recorded = _curve(curve)
+    budget = recorded["budget_bytes"] if budget_gib is None else int(budget_gib * 2**30)
+    replay = recorded_trial(recorded, None if budget_gib is None else budget)
+    lo, hi, naive = 0, limit + 1, 0  # the truth, and what the naive baseline (plain bisection) spends on it
+    while hi - lo > 1:
+        naive += 1
+        lo, hi = ((lo + hi) // 2, hi) if replay((lo + hi) // 2).fits else (lo, (lo + hi) // 2)
+    truth = lo
+    labkit = len(search_max_batch(replay, budget, limit=limit, base_bytes=recorded["weight_bytes"]).trials)
+    full_at = max(6, labkit)
+    call = f"find_max_batch(ResNet-50 {curve} on an H200, budget {budget / 2**30:g} GiB, limit={limit})"
+
+    def oracle(n: Any) -> dict:
+        t = replay(int(value_of(n)))
+        return {"fits": t.fits, "reserved": t.peak_bytes, "allocated": t.allocated_bytes}
 
     def judge(seen: Observation) -> None:
-        if not same(seen.output, min(truth, limit)):
-            raise Mismatch(call, repr(min(truth, limit)), describe(seen.output), hint)
-        if len(seen.calls) > budget:
-            raise Mismatch(f"trials for limit={limit}", f"at most {budget}", str(len(seen.calls)),
-                           "halve the interval each time (or double up to the first failure)")
+        if not same(seen.output, truth):
+            raise Mismatch(call, repr(truth), describe(seen.output), hint or "the largest batch whose trial fits")
+        tried = {value_of(args[0]) for _, args in seen.calls}
+        if (truth > 0 and truth not in tried) or (truth < limit and truth + 1 not in tried):
+            raise Mismatch(f"{call}: proof", f"trials at {truth} (fits) and {truth + 1} (does not)",
+                           f"trials at {sorted(tried)[:12]}", "an answer is proven by the batch that fits and the next that does not")
+        trials = len(seen.calls)
+        if trials > full_at:
+            credit = 0.25 + 0.75 * max(0.0, min(1.0, (naive - trials) / max(1, naive - full_at)))
+            raise Partial(f"{call}: trials", f"at most {full_at} (labkit's search takes {labkit}; bisection {naive})",
+                          str(trials), "fit a line to the allocated bytes of two small trials and predict; "
+                          "then check the prediction and its neighbour", credit=credit)
 
-    return Trial(call, "find_max", {"limit": limit}, judge, hint, oracles={"fits": lambda n: value_of(n) <= truth})
+    inputs = {"budget": budget, "limit": limit, "base": recorded["weight_bytes"]}
+    return Trial(call, "find_max_batch", inputs, judge, hint, oracles={"trial": oracle})
 
 
-
-def _find_max_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
-    return answer(lambda n: oracle("fits", [n]), inputs["limit"]), {}
-
+def _find_max_batch_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
+    return answer(lambda n: oracle("trial", [n]), inputs["budget"], inputs["limit"], inputs["base"]), {}
 
 
 QUESTIONS = [
@@ -39,8 +71,11 @@ QUESTIONS = [
         ((4, 500, 8, 900, 2000), 19, "slope (900-500)/(8-4) = 100 per item; round down"),
         ((1, 1100, 2, 1200, 1050), 0, "a budget below the fixed part fits nothing: 0, not a negative number"),
     )),
-    Question("04.find_max", "Find the largest batch in few trials", 3, _find_max, (
-        (37, 1000), (1, 64), (0, 64), (5000, 4096),
-    )),
+    Question("04.find_max_batch", "The largest batch on a real allocator's curve, in few trials", 5, _find_max_batch, (
+        ("float32", None, 4096, "ResNet-50 fp32 under 16 GiB, as the H200 answered"),
+        ("float32", 8, 4096, "the same curve under 8 GiB"),
+        ("float32_channels_last", None, 4096, "channels_last"),
+        ("float16", None, 4096, "half precision: the allocator caches more than it needs until the cap presses"),
+    ), kind="speed", minutes=40),
 ]
-PROBES = {"find_max": _find_max_probe}
+PROBES = {"find_max_batch": _find_max_batch_probe}
