@@ -4,6 +4,7 @@ CPU (always): the batcher's own cost, as a new user meets it: a tiny MLP, 20,000
 once, through the bare asyncio floor (one task and one future per request, no batching), the
 guide's naive batcher and `DynamicBatcher`, in interleaved rounds (medians); the same with a
 trivial model at batches of 32 and 64; what copying large result rows costs (`row_copy_cost`);
+what one batch's trip to the worker thread and back costs (`thread_handoff`);
 CPU time an idle batcher burns, ours against the guide's polling design.
 GPU (when present): ResNet-50 fp32 224², batch 32, fed float32 or uint8 images, eager or through
 CUDA graphs: the batcher's closed-loop throughput against the same model called
@@ -100,6 +101,32 @@ async def batcher_cost(total: int = 20_000, rounds: int = 5) -> dict[str, Any]:
         "ours_vs_floor": rps["ours"] / rps["floor"], "ours_vs_guide": rps["ours"] / rps["guide"],
         "ours_us_per_request": 1e6 / rps["ours"], "floor_us_per_request": 1e6 / rps["floor"],
     }
+
+
+async def thread_handoff(jobs: int = 2000) -> dict[str, float]:
+    """What one batch's trip to a worker thread and back costs with nothing to compute: an empty
+    job through `Workers`, its completion handed back with ``call_soon_threadsafe`` (as
+    `Batcher._dispatch` and `_compute` do), median µs per trip, the loop otherwise idle.
+
+    It is why the batcher cannot reach the bare floor on tiny CPU models while the model stays off
+    the event loop: each batch pays it, shared by the batch's requests.
+    """
+    from labkit.batching.workers import Workers
+
+    loop = asyncio.get_running_loop()
+    workers = Workers(1, name="bench-handoff")
+    trips = []
+    try:
+        for _ in range(jobs):
+            done = loop.create_future()
+            start = time.perf_counter()
+            workers.put(0, lambda done=done: loop.call_soon_threadsafe(done.set_result, None))
+            await done
+            trips.append((time.perf_counter() - start) * 1e6)
+    finally:
+        workers.shutdown()
+    return {"jobs": jobs, "round_trip_us_median": statistics.median(trips),
+            "round_trip_us_p90": statistics.quantiles(trips, n=10)[-1]}
 
 
 def row_copy_cost(rows: int = 32, reps: int = 20) -> dict[str, Any]:
@@ -286,6 +313,7 @@ async def _run(device: torch.device) -> dict[str, Any]:
         "batcher_cost_cpu": await batcher_cost(),
         "machinery_cpu": await machinery_overhead(),
         "row_copy_cpu": row_copy_cost(),
+        "thread_handoff_cpu": await thread_handoff(),
         "idle_cpu": await idle_cpu(),
     }
     if device.type == "cuda":

@@ -5,6 +5,7 @@ ipywidgets is imported here only, so ``import labkit`` works where Jupyter is no
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,23 @@ from labkit.plots import plot_max_batch_search, plot_sweep
 from labkit.sweep import batch_sweep
 
 __all__ = ["sweep_playground", "batching_playground", "pipeline_playground", "memory_playground"]
+
+
+def _drawn_alone(callback: Callable[[object], None]) -> Callable[[object], None]:
+    """Run a playground's callback with pyplot's interactive mode off.
+
+    ipykernel 7 may handle a widget's messages on a subshell thread, and each ends with pyplot's
+    post-execute hook, which, in interactive mode, draws every open figure: the one this callback
+    is still building, from another thread, while matplotlib's text layout is not thread-safe.
+    Seen in JupyterLab (tests/browser): lesson 00's sweep failed 2 runs in 5 with a mathtext
+    ParseException, both threads parsing one tick label. The figure is still shown: explicitly.
+    """
+    @functools.wraps(callback)
+    def run(change: object) -> None:
+        with plt.ioff():
+            callback(change)
+
+    return run
 
 
 def sweep_playground(
@@ -36,6 +54,7 @@ def sweep_playground(
     run = w.Button(description="Run sweep", button_style="primary")
     out = w.Output()
 
+    @_drawn_alone
     def on_run(_: object) -> None:
         with out:
             out.clear_output(wait=True)
@@ -48,6 +67,8 @@ def sweep_playground(
             fig = plot_sweep(points, label=label, reference=reference, reference_label=reference_label)
             display(fig)
             plt.close(fig)
+            best = max(points, key=lambda p: p.items_per_s)
+            print(f"batch 1 to {sizes[-1]}: best {best.items_per_s:,.0f} items/s, at batch {best.batch_size}")
 
     run.on_click(on_run)
     return w.VBox([w.HBox([model_box, max_batch, repeat, run]), out])
@@ -76,9 +97,10 @@ def batching_playground(
     run = w.Button(description="Run", button_style="primary")
     out = w.Output()
 
+    @_drawn_alone
     def on_run(_: object) -> None:
         rate = capacity_rps * load.value / 100
-        out.clear_output()
+        out.outputs = ()  # not clear_output(): that is a message, which can land after the appends below
         out.append_stdout(f"offering {rate:,.0f} requests/s for {duration_s:g} s ...\n")
         result = run_in_fresh_loop(lambda: poisson_trial(
             model, make_input, rate_rps=rate, duration_s=duration_s,
@@ -87,7 +109,7 @@ def batching_playground(
         r, s = result.load, result.batcher
         name = f"batch≤{batch.value}, wait {wait.value:g} ms, {load.value}% load"
         fig = plot_latency_cdf({name: r.latencies_ms}, title=f"{label} latency under Poisson load")
-        out.clear_output()
+        out.outputs = ()
         out.append_stdout(
             f"{r.throughput_rps:,.0f} requests/s served of {rate:,.0f} offered; p50 {r.latency.p50_ms:.1f} ms, "
             f"p99 {r.latency.p99_ms:.1f} ms; mean batch {s['mean_batch_size']:.1f}; "
@@ -127,6 +149,7 @@ def pipeline_playground(
     out = w.Output()
     stand_ins = all(torch.device(d).type == "cpu" for d in devices)
 
+    @_drawn_alone
     def on_run(_: object) -> None:
         m = micro.value
         count = -(-n // m)
@@ -218,6 +241,7 @@ def memory_playground(
     run = w.Button(description="Find max batch", button_style="primary")
     out = w.Output()
 
+    @_drawn_alone
     def on_run(_: object) -> None:
         name, dtype, budget_bytes = model_box.value, precision.value, budget.value * 2**20
         out.outputs = ()
