@@ -42,6 +42,15 @@ class Settings:
     jobs: int = 1
     only: tuple[str, ...] = ()  # grade just these questions (regrading one after fixing its tests)
 
+    def check_budgets(self, exercises: set[str]) -> None:
+        """A question declares how long its grading takes (a speed question's rounds need their
+        time); a ``--timeout`` under twice that would fail every answer to it: refused up front."""
+        slow = [QUESTIONS[q] for e in sorted(exercises) for q in _questions(e, self.only)
+                if 2 * QUESTIONS[q].budget_s > self.timeout_s]
+        if slow:
+            raise SetupError(f"--timeout {self.timeout_s:g}: {slow[0].id} declares it takes up to {slow[0].budget_s:g} s; "
+                             f"give each question at least {2 * max(q.budget_s for q in slow):g} s")
+
     def check(self) -> None:
         unknown = [q for q in self.only if q not in QUESTIONS]
         if unknown:
@@ -152,8 +161,10 @@ def grade_all(submissions: list[Row] | list[Path], out_csv: Path, *, tests: Path
             row.reason = str(e)
     solutions = solutions or default_solutions()
     feedback_dir = feedback_dir or out_csv.parent / "feedback"
+    exercises = {r.exercise for r in rows if not r.reason}
+    settings.check_budgets(exercises)
     with Pool(settings.jobs) as pool:
-        preflight(pool, {r.exercise for r in rows if not r.reason}, hidden, settings, solutions)
+        preflight(pool, exercises, hidden, settings, solutions)
         _check_writable(out_csv.parent, feedback_dir)
         pool.run(rows, hidden, settings, progress)
     write_outputs(rows, out_csv, feedback_dir, solutions, deadline=deadline, formats=formats)

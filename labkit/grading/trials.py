@@ -125,7 +125,7 @@ class Question:
     ``kind`` says what it grades: ``"behaviour"`` (right answers, right outcomes) or ``"speed"``
     (a ratio against a naive baseline measured in the same run); ``minutes`` is the expected
     learner time; ``budget_s`` the grading time a speed question declares (well within the
-    grader's default timeout).
+    grader's default timeout; `labkit grade` refuses a ``--timeout`` under twice it).
     """
 
     id: str
@@ -135,7 +135,7 @@ class Question:
     cases: tuple[tuple, ...]  # the public ones
     kind: str = "behaviour"
     minutes: int = 10
-    budget_s: float = 5.0
+    budget_s: float = 0.0  # the grading time a speed question declares (0: none)
     answer: str = ""  # the definition graded, when not the id's name (two questions on one answer)
 
     @property

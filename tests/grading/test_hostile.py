@@ -308,6 +308,8 @@ def _hidden_folder(tmp_path: Path, source: str) -> Path:
     ("tests the solution fails", {"tests": "wrong"}, "scores 1.6 / 2 on 03.split_sizes"),
     ("a process limit of zero jobs", {"settings": Settings(jobs=0)}, "--jobs 0"),
     ("a question that does not exist", {"settings": Settings(only=("03.split_size",))}, "--only 03.split_size: no such question"),
+    ("a timeout shorter than a speed question needs", {"settings": Settings(timeout_s=5)},
+     "--timeout 5: 03.pipeline_speed declares it takes up to 4 s"),
 ])
 def test_instructor_mistakes_are_refused_before_grading(tmp_path, mistake, kwargs, says):
     tests = {"syntax": "TESTS = {", "unknown": "TESTS = {'03.split_size': []}",

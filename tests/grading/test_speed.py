@@ -4,6 +4,7 @@ hold on a noisy 2-core box). The answers are the solutions' own code, made naive
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nbformat
@@ -66,9 +67,13 @@ SPEED = {
 }
 
 
-def test_every_speed_question_is_covered_here():
+def test_every_speed_question_is_covered_here_and_declares_its_grading_time():
     assert sorted(q.id for q in QUESTIONS.values() if q.kind == "speed") == sorted(SPEED)
     assert len(SPEED) >= 3
+    from labkit.grading.grade import Settings
+
+    for question in SPEED:
+        assert 0 < 2 * QUESTIONS[question].budget_s <= Settings().timeout_s, question
 
 
 @pytest.mark.slow
@@ -77,7 +82,9 @@ def test_every_speed_question_is_covered_here():
 def test_the_solution_earns_full_marks_and_a_naive_answer_the_lowest_band_ten_times(question):
     behaviour, answers, lowest = SPEED[question]
     solution, naive = answers()
+    start = time.perf_counter()
     assert grade_here(question, solution).points == QUESTIONS[question].points
+    assert time.perf_counter() - start <= QUESTIONS[question].budget_s, "within the time it declares"
     if behaviour is not None:
         assert grade_here(behaviour, naive).points == QUESTIONS[behaviour].points, "naive but correct"
     scores = [grade_here(question, naive) for _ in range(RUNS)]

@@ -76,6 +76,6 @@ QUESTIONS = [
         ("float32", 8, 4096, "the same curve under 8 GiB"),
         ("float32_channels_last", None, 4096, "channels_last"),
         ("float16", None, 4096, "half precision: the allocator caches more than it needs until the cap presses"),
-    ), kind="speed", minutes=40),
+    ), kind="speed", minutes=40, budget_s=2.0),
 ]
 PROBES = {"find_max_batch": _find_max_batch_probe}
