@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 from labkit.device import sync
 from labkit.measure import Timer
+from labkit.profile import profile_call
 
 __all__ = ["AsyncTrap", "async_trap", "LaunchOverhead", "launch_overhead", "OperatorCount", "count_operators"]
 
@@ -98,21 +98,10 @@ class OperatorCount:
 
 
 def count_operators(model: nn.Module, example: torch.Tensor) -> OperatorCount:
-    """Profile one warmed-up forward of ``model`` on ``example`` (inference mode).
+    """Profile one warmed-up forward of ``model`` on ``example`` (inference mode; `labkit.profile`).
 
     Operators are counted at the level the modules call them (``aten::conv2d``, not the
     ``aten::convolution`` and allocations inside it); on CUDA every kernel launched is counted too.
     """
-    cuda = example.device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch.inference_mode():
-        model(example)  # warm-up: lazy initialisation and algorithm choice stay out of the count
-        sync(example.device)
-        with profile(activities=activities) as prof:
-            model(example)
-            sync(example.device)
-    events = prof.events()
-    top = Counter(e.name for e in events if e.name.startswith("aten::")
-                  and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
-    kernels = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in events) if cuda else None
-    return OperatorCount(top, kernels)
+    found = profile_call(model, example, steps=1, warmup=1)
+    return OperatorCount(found.top_level, None if found.kernels is None else int(found.kernels))

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["PEAK_SOURCE", "PEAKS_TFLOPS", "Roofline", "flops_per_item", "peak_tflops", "precision_of", "roofline"]
+__all__ = ["PEAK_SOURCE", "PEAKS_TFLOPS", "MatmulCeiling", "Roofline", "flops_per_item", "matmul_ceiling", "peak_tflops",
+           "precision_of", "roofline"]
 
 PEAK_SOURCE = ("NVIDIA datasheets: H100/H200 SXM, A100 SXM 80GB, L4, T4, GeForce RTX 4090 "
                "(dense tensor-core figures, i.e. half the 'with sparsity' numbers)")
@@ -90,3 +91,35 @@ class Roofline:
 def roofline(items_per_s: float, flops_per_item: float, card: str, precision: str) -> Roofline:
     """``items_per_s`` of a model costing ``flops_per_item`` each, on ``card`` at ``precision``."""
     return Roofline(items_per_s, flops_per_item, card, precision)
+
+
+@dataclass(frozen=True)
+class MatmulCeiling:
+    """What one large square matmul reaches on this device: the practical ceiling a model's
+    throughput is measured against, beside the datasheet's peak."""
+
+    n: int
+    dtype: torch.dtype
+    median_ms: float
+
+    @property
+    def tflops(self) -> float:
+        return 2 * self.n**3 / (self.median_ms / 1e3) / 1e12  # n³ multiply-adds, 2 FLOPs each
+
+
+def matmul_ceiling(device: str | torch.device, *, dtype: torch.dtype | None = None, n: int | None = None,
+                   repeat: int = 10) -> MatmulCeiling:
+    """Time an (n, n) @ (n, n) matmul, synchronised, median of ``repeat`` after warm-up (`bench`).
+
+    Defaults: bf16 at n = 8192 on CUDA (large enough to fill an H200), float32 at n = 1024 on a CPU.
+    """
+    from labkit.measure import bench
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    n = n or (8192 if cuda else 1024)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    with torch.inference_mode():
+        stats = bench(lambda: a @ b, warmup=3, repeat=repeat, device=device)
+    return MatmulCeiling(n, dtype, stats.median_ms)

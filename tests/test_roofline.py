@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from labkit.models import build_model, example_batch
-from labkit.roofline import flops_per_item, peak_tflops, precision_of, roofline
+from labkit.roofline import (
+    MatmulCeiling,
+    flops_per_item,
+    matmul_ceiling,
+    peak_tflops,
+    precision_of,
+    roofline,
+)
 
 
 def test_resnet50_costs_its_known_flops_per_image_and_nothing_is_computed():
@@ -41,3 +48,16 @@ def test_fp32_on_cuda_is_measured_against_tf32_when_cudnn_allows_it(monkeypatch)
     assert precision_of(torch.float32, "cuda") == "tf32"
     assert precision_of(torch.float32, "cpu") == "fp32"
     assert precision_of(torch.float16, "cpu") == "fp16" and precision_of(torch.bfloat16, "cuda") == "bf16"
+
+
+def test_a_convolution_costs_its_hand_counted_flops():
+    conv = torch.nn.Conv2d(3, 8, kernel_size=3, bias=False)
+    # each of the 8 x 6 x 6 outputs is a dot product of 3 x 3 x 3 multiply-adds, 2 FLOPs each
+    assert flops_per_item(conv, torch.zeros(4, 3, 8, 8)) == 2 * 3 * 3 * 3 * 8 * 6 * 6
+
+
+def test_the_matmul_ceiling_is_timed_and_counted_as_two_n_cubed():
+    ceiling = matmul_ceiling("cpu", n=256, repeat=3)
+    assert ceiling.n == 256 and ceiling.dtype == torch.float32 and ceiling.median_ms > 0
+    assert ceiling.tflops == pytest.approx(2 * 256**3 / (ceiling.median_ms / 1e3) / 1e12)
+    assert MatmulCeiling(1000, torch.float32, 2.0).tflops == pytest.approx(1.0)  # 2e9 FLOPs in 2 ms
