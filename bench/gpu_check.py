@@ -37,7 +37,7 @@ from common import print_table  # noqa: E402
 from labkit.device import describe, pick_device  # noqa: E402
 from labkit.reference import results_path, save_results  # noqa: E402
 
-BENCHES = ["measuring", "batching", "parallel", "memory", "streams"]
+BENCHES = ["measuring", "batching", "parallel", "memory", "streams", "ladder"]
 
 
 def run_gpu_tests() -> dict:
