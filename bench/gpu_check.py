@@ -5,7 +5,7 @@ Runs ``pytest -m gpu``, then each module in BENCHES (its ``run(device) -> dict``
 a run cut short keeps what it measured, and ``--only`` adds to it) and prints a short table. Needs only python3 with torch,
 numpy, psutil and pytest (what the lent GPU image has): no venv, no installs.
 
-Then the main job, `labkit report --device cuda --size full` (``--no-report`` skips it). The GPU
+Then the main job, `labkit report --device cuda --size full` (the part ``report``). The GPU
 image has no Jupyter and no network: the report's packages come from ``.whl/`` (`make
 gpu-wheels`, carried with the checkout), installed into a temporary folder. The report goes to
 ``bench/results/<date>-<card>-report/`` and each lesson's figures to
@@ -119,9 +119,10 @@ def run_full_report(device: torch.device, timeout_s: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES, help="benchmarks to run")
+    parts = [*BENCHES, "report"]
+    parser.add_argument("--only", nargs="+", choices=parts, default=parts,
+                        help="parts to run: benchmarks, and report (labkit report --size full)")
     parser.add_argument("--no-tests", action="store_true", help="skip pytest -m gpu")
-    parser.add_argument("--no-report", action="store_true", help="skip labkit report --size full")
     parser.add_argument("--report-timeout", type=float, default=420, help="seconds for the whole report")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -136,22 +137,16 @@ def main() -> int:
     for name in args.only:
         t0 = time.perf_counter()
         try:
-            results[name] = importlib.import_module(name).run(device)
+            if name == "report":
+                results[name] = run_full_report(device, args.report_timeout)
+            else:
+                results[name] = importlib.import_module(name).run(device)
         except Exception:
             results[name] = {"error": traceback.format_exc()}
             print(results[name]["error"])
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
         path = save_results({name: results[name]}, device, source="make gpu-check", merge=True)
         print(f"{name}: done in {results[name]['seconds']} s", flush=True)
-    if not args.no_report:
-        t0 = time.perf_counter()
-        try:
-            results["report"] = run_full_report(device, args.report_timeout)
-        except Exception:
-            results["report"] = {"error": traceback.format_exc()}
-            print(results["report"]["error"])
-        path = save_results({"report": results["report"]}, device, source="make gpu-check", merge=True)
-        print(f"report: done in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\nwrote {path.relative_to(ROOT)}\n")
     print_table(results)
     tests_ok = args.no_tests or results["gpu_tests"].get("exit_code") == 0
