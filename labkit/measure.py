@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Timer", "BenchStats", "bench", "LatencyStats", "GPUMonitor", "MonitorSample", "nvml_status"]
+__all__ = ["Timer", "BenchStats", "bench", "Comparison", "compare", "LatencyStats", "GPUMonitor", "MonitorSample", "nvml_status"]
 
 
 class Timer:
@@ -118,6 +118,49 @@ def bench(
             fn()
         samples.append(t.elapsed_ms)
     return BenchStats.from_samples(samples)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two calls timed in interleaved rounds: ``ratio`` is the median over rounds of a's time over
+    b's (above 1: b is faster), the per-round ratios kept as the spread."""
+
+    ratios: tuple[float, ...]
+    a_ms: float  # medians over the rounds
+    b_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return float(np.median(self.ratios))
+
+
+def compare(a: Callable[[], Any], b: Callable[[], Any], *, rounds: int = 7, warmup: int = 2,
+            device: str | torch.device = "cpu") -> Comparison:
+    """Time ``a`` and ``b`` in ``rounds`` rounds, each round one call of each, their order
+    alternating, each call timed with `Timer` after ``warmup`` untimed calls of both.
+
+    A machine whose speed drifts (clocks, heat, another process) would bias a comparison that
+    times all of ``a`` and then all of ``b``; paired rounds see the same machine, and the median
+    of their ratios ignores the round a pause fell in.
+    """
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"need rounds >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    device = torch.device(device)
+    for _ in range(warmup):
+        a()
+        b()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    pairs = []
+    for number in range(rounds):
+        times = {}
+        for name, fn in (("a", a), ("b", b)) if number % 2 == 0 else (("b", b), ("a", a)):
+            with Timer(device) as t:
+                fn()
+            times[name] = t.elapsed_ms
+        pairs.append((times["a"], times["b"]))
+    return Comparison(tuple(ta / tb for ta, tb in pairs), float(np.median([ta for ta, _ in pairs])),
+                      float(np.median([tb for _, tb in pairs])))
 
 
 @dataclass(frozen=True)

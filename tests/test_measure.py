@@ -198,3 +198,24 @@ def test_gpu_monitor_rejects_non_positive_interval(interval):
 @pytest.mark.parametrize("device, index", [(0, 0), (1, 1), ("cuda", 0), ("cuda:1", 1), ("cpu", 0)])
 def test_gpu_monitor_device_index(device, index):
     assert GPUMonitor(device).index == index
+
+
+def test_compare_pairs_the_calls_in_rounds_of_alternating_order_and_takes_the_median_ratio():
+    order: list[str] = []
+    slow = lambda: (order.append("a"), time.sleep(0.004))  # noqa: E731
+    fast = lambda: (order.append("b"), time.sleep(0.001))  # noqa: E731
+    result = measure.compare(slow, fast, rounds=4, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then a b | b a | a b | b a
+    assert len(result.ratios) == 4 and 2.0 < result.ratio < 5.0  # about 4 ms against about 1 ms
+    assert result.a_ms > result.b_ms
+
+
+def test_compare_ignores_the_round_a_pause_fell_in():
+    calls = {"n": 0}
+
+    def a():
+        calls["n"] += 1
+        time.sleep(0.05 if calls["n"] == 3 else 0.002)  # one long pause, in one round
+
+    result = measure.compare(a, lambda: time.sleep(0.002), rounds=5, warmup=0)
+    assert max(result.ratios) > 10 and 0.5 < result.ratio < 2.0
