@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from common import print_table  # noqa: E402
+from gpu_wheels import WHEELHOUSE, install, site_env  # noqa: E402
 
 from labkit.device import describe, pick_device  # noqa: E402
 from labkit.reference import results_path, save_results  # noqa: E402
@@ -74,12 +78,6 @@ def _problem(case: ET.Element) -> ET.Element | None:
 
 def run_full_report(device: torch.device, timeout_s: float) -> dict:
     """Every lesson at size='full' on ``device`` through `labkit report`; what ran and what held."""
-    import json
-    import os
-    import shutil
-
-    from gpu_wheels import WHEELHOUSE, install, site_env
-
     env = dict(os.environ)
     try:
         import papermill  # noqa: F401

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
 from labkit.memory import activation_memory, find_max_batch, memory_stats
-from labkit.memory.trials import _simulated_trial
+from labkit.memory.trials import _simulated_trial, recorded_curves, recorded_trial
 from labkit.models import build_model, example_batch
 
 
@@ -292,19 +291,7 @@ def test_a_search_that_reaches_its_limit_tries_the_limit_at_once():
 # -- the search on memory curves recorded on a real GPU ------------------------------------------
 
 
-def _recorded_curves() -> list[tuple[str, dict]]:
-    from labkit.reference import results_dir
-
-    found = []
-    for path in sorted(results_dir().glob("*-memory-curve.json")):
-        data = json.loads(path.read_text())
-        budget = data["results"]["budget_bytes"]
-        found += [(f"{data['card']} {name}", curve | {"budget_bytes": budget})
-                  for name, curve in data["results"]["curves"].items()]
-    return found
-
-
-CURVES = _recorded_curves()
+CURVES = [(f"{card} {precision}", curve) for card, precision, curve in recorded_curves()]
 
 
 def test_memory_curves_were_recorded_on_a_gpu():
@@ -314,8 +301,6 @@ def test_memory_curves_were_recorded_on_a_gpu():
 @pytest.mark.parametrize(("name", "curve"), CURVES, ids=[name for name, _ in CURVES])
 def test_search_on_a_recorded_gpu_curve_is_exact_and_short(name, curve):
     from labkit.memory import search_max_batch
-    from labkit.memory.trials import recorded_trial
-
     result = search_max_batch(recorded_trial(curve), curve["budget_bytes"], base_bytes=curve["weight_bytes"])
     assert result.batch == curve["max_batch"]
     assert [t.fits for t in result.trials if t.batch == result.batch + 1] == [False]

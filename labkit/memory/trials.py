@@ -20,7 +20,7 @@ from labkit.memory.checks import measurable
 from labkit.memory.search import Trial
 from labkit.models import input_spec_of
 
-__all__ = ["make_trial", "recorded_trial"]
+__all__ = ["make_trial", "recorded_curves", "recorded_trial"]
 
 
 def make_trial(model: nn.Module, example: torch.Tensor, device: str | torch.device | None = None, *,
@@ -131,6 +131,21 @@ def _explained_meta_errors(model: nn.Module) -> Iterator[None]:
             f"({type(err).__name__}: {err}). Run the search on a CUDA device (device='cuda'), or keep "
             f"data-dependent steps (.item(), .tolist(), branches on values, boolean masks) and tensors "
             f"made on a fixed device (make them on x.device) out of forward.") from err
+
+
+def recorded_curves() -> list[tuple[str, str, dict]]:
+    """Every curve `bench/memory_curve.py` recorded under bench/results, oldest file first, as
+    (card, precision, curve), each curve carrying its run's ``budget_bytes``."""
+    import json
+
+    from labkit.reference import results_dir
+
+    found = []
+    for path in sorted(results_dir().glob("*-memory-curve.json")):
+        data = json.loads(path.read_text())
+        budget = data["results"]["budget_bytes"]
+        found += [(data["card"], name, curve | {"budget_bytes": budget}) for name, curve in data["results"]["curves"].items()]
+    return found
 
 
 def recorded_trial(curve: dict, budget_bytes: float | None = None) -> Callable[[int], Trial]:

@@ -3,7 +3,6 @@ recorded, graded on its trials against bisection's."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,14 +11,13 @@ from labkit.grading.trials import Mismatch, Observation, Oracle, Partial, Questi
 
 
 def _curve(name: str) -> dict:
-    """A curve bench/memory_curve.py recorded on a GPU (ResNet-50 under a 16 GiB cap), by precision."""
-    from labkit.reference import results_dir
+    """The newest curve bench/memory_curve.py recorded on a GPU (ResNet-50 under a 16 GiB cap) for a precision."""
+    from labkit.memory.trials import recorded_curves
 
-    for path in sorted(results_dir().glob("*-memory-curve.json"), reverse=True):
-        curves = json.loads(path.read_text())["results"]
-        if name in curves["curves"]:
-            return curves["curves"][name] | {"budget_bytes": curves["budget_bytes"]}
-    raise ValueError(f"no recorded memory curve {name!r} under bench/results")
+    found = [curve for _, precision, curve in recorded_curves() if precision == name]
+    if not found:
+        raise ValueError(f"no recorded memory curve {name!r} under bench/results")
+    return found[-1]
 
 
 def _find_max_batch(curve: str, budget_gib: float | None, limit: int, hint: str = "") -> Trial:
