@@ -27,7 +27,7 @@ from labkit.measure import bench
 from labkit.reference import card_name
 from labkit.roofline import flops_per_item, roofline
 
-__all__ = ["Rung", "RungResult", "RUNGS", "TOLERANCE", "climb", "prepare_rung", "run_rung"]
+__all__ = ["Rung", "RungResult", "RUNGS", "TOLERANCE", "bench_rung", "climb", "cpu_has_bf16", "fixed_shape", "prepare_rung", "run_rung"]
 
 # Largest |output - fp32 output| / largest |fp32 output| a rung may reach and still "match": fp32
 # and TF32 keep about 3 and 10 bits of mantissa beyond what these models need; half precisions
@@ -42,6 +42,7 @@ class Rung:
     cast: bool = False  # half precision by casting the weights and inputs (else autocast)
     channels_last: bool = False
     mode: str = "eager"  # eager | graphs | compile | reduce-overhead | max-autotune
+    freeze: bool = False  # compile with inductor's freezing: weights folded in as constants (inference only)
     cuda_only: str = ""  # why the rung means nothing without a CUDA device ("": it runs anywhere)
 
     def precision_on(self, device: torch.device) -> str:
@@ -53,11 +54,20 @@ class Rung:
             return self.cuda_only
         if self.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return f"{torch.cuda.get_device_name(device)} has no bf16"
+        if self.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+            return ("this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 would be emulated, "
+                    "several times slower than fp32")
         if self.channels_last and example.dim() != 4:
             return "channels_last is a layout of image batches (N, C, H, W)"
         if self.mode not in ("eager", "graphs") and not hasattr(torch, "compile"):
             return f"torch {torch.__version__} has no torch.compile"
         return None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX tiles), as oneDNN needs."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 # The climb, each rung keeping what the ones before it bought.
@@ -70,6 +80,10 @@ RUNGS: tuple[Rung, ...] = (
     Rung("fp16 weights", "fp16", cast=True, channels_last=True,
          cuda_only="fp16 matmuls and convolutions are a GPU's; a CPU emulates them slowly"),
     Rung("CUDA graphs, bf16", "bf16", cast=True, channels_last=True, mode="graphs", cuda_only="CUDA graphs need a CUDA device"),
+    # A CPU's compile rung: fp32 in the default layout, with freezing, which folds the batch norms
+    # into the convolutions and pre-packs their weights for oneDNN; without it, compiling
+    # ResNet-50 gained nothing on the CI CPU (bench/results/2026-12-03-cpu-ladder.json).
+    Rung("torch.compile, fp32", "tf32", mode="compile", freeze=True),
     Rung("torch.compile, bf16", "bf16", cast=True, channels_last=True, mode="compile"),
     Rung("compile reduce-overhead, bf16", "bf16", cast=True, channels_last=True, mode="reduce-overhead",
          cuda_only="mode='reduce-overhead' is torch.compile with CUDA graphs"),
@@ -98,6 +112,10 @@ class RungResult:
         return self.items_per_s[self.best_batch] if self.items_per_s else None
 
     precision: str = "fp32"  # the rung's precision on the device it ran on
+    # the rung's prepared forward and input conversion, kept so that rungs can be compared again
+    # (interleaved, `labkit.measure.compare`) or served without compiling twice
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    to_input: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def matches(self) -> bool | None:
@@ -135,6 +153,12 @@ def prepare_rung(rung: Rung, model: nn.Module, device: torch.device, batch_sizes
         forward = model
     else:
         forward = torch.compile(model, mode=None if rung.mode == "compile" else rung.mode)
+        if rung.freeze:  # inductor reads the flag when it compiles: at a call that meets a new shape
+            compiled = forward
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                with torch._inductor.config.patch(freezing=True):
+                    return compiled(x)
     if dtype != torch.float32 and not rung.cast:  # autocast: the weights stay fp32
         eager = forward
 
@@ -156,6 +180,7 @@ def run_rung(rung: Rung, model: nn.Module, batches: dict[int, torch.Tensor], ref
     result = RungResult(rung, precision=rung.precision_on(device))
     with _tf32(rung.precision != "fp32"), torch.inference_mode():
         forward, to_input = prepare_rung(rung, model, device, sorted(batches), sample)
+        result.forward, result.to_input = forward, to_input
         largest = to_input(sample)
         start = time.perf_counter()
         out = forward(largest)
@@ -163,12 +188,22 @@ def run_rung(rung: Rung, model: nn.Module, batches: dict[int, torch.Tensor], ref
         result.first_call_s = time.perf_counter() - start
         result.max_rel_error = float((out.float() - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
         for n, batch in sorted(batches.items()):
-            x = to_input(batch)
-            stats = bench(lambda x=x: forward(x), warmup=3, repeat=repeat, device=device)
-            result.items_per_s[n] = n / (stats.median_ms / 1e3)
+            result.items_per_s[n] = bench_rung(result, batch, device, repeat=repeat)
             if n == 1:
-                result.batch1_ms = stats.median_ms
+                result.batch1_ms = 1e3 / result.items_per_s[n]
     return result
+
+
+def bench_rung(result: RungResult, batch: torch.Tensor, device: str | torch.device, *, repeat: int = 10) -> float:
+    """Items/s of a rung that ran (its kept forward) on a float32 ``batch``: median of ``repeat``
+    timed calls after warm-up, the device synchronised."""
+    if result.forward is None or result.to_input is None:
+        raise ValueError(f"rung {result.rung.name!r} did not run here ({result.skipped or 'no forward kept'})")
+    device = torch.device(device)
+    x = result.to_input(batch)
+    with _tf32(result.rung.precision != "fp32"), torch.inference_mode():
+        stats = bench(lambda: result.forward(x), warmup=3, repeat=repeat, device=device)
+    return len(batch) / (stats.median_ms / 1e3)
 
 
 def climb(model: nn.Module, example: Callable[[int], torch.Tensor], device: str | torch.device, *,
@@ -190,3 +225,26 @@ def climb(model: nn.Module, example: Callable[[int], torch.Tensor], device: str 
             result.tflops, result.share_of_peak = line.tflops, line.share_of_peak
         results.append(result)
     return results
+
+
+def fixed_shape(result: RungResult, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The rung's forward for a server: every batch of up to ``n`` items padded to ``n``, so that
+    a compiled rung meets the one shape it was compiled for (a new shape compiles again, for
+    seconds; a batcher's batches vary), run under inference mode as it was compiled, and only
+    the real rows returned, as ordinary tensors a caller may modify."""
+    if result.forward is None or result.to_input is None:
+        raise ValueError(f"rung {result.rung.name!r} did not run here ({result.skipped or 'no forward kept'})")
+    forward, to_input = result.forward, result.to_input
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        rows = len(x)
+        if rows > n:
+            raise ValueError(f"a batch of {rows} items; this forward takes at most {n}")
+        if rows < n:
+            x = torch.cat([x, x.new_zeros((n - rows, *x.shape[1:]))])  # (n, ...): pad rows, computed and dropped
+        x = to_input(x)  # after padding: the layout and dtype the rung was compiled for
+        with _tf32(result.rung.precision != "fp32"), torch.inference_mode():
+            out = forward(x)
+        return out[:rows].clone()  # outside inference mode: an ordinary tensor
+
+    return run

@@ -4,17 +4,22 @@
 parameters), defined here so that no torchvision is needed. Each model carries an `InputSpec`
 so `example_batch` can make inputs for it, and `build_model(name, size)` gives the preset used
 by the lessons: ``small`` runs in seconds on a CPU, ``full`` is the size worth timing on a GPU.
+``gpt`` is the decoder-only transformer of `labkit.generation` (next-token logits for every position).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from labkit.device import device_of
+
+if TYPE_CHECKING:
+    from labkit.generation.model import GPT
 
 __all__ = [
     "InputSpec",
@@ -26,6 +31,7 @@ __all__ = [
     "tiny_cnn",
     "resnet50",
     "transformer",
+    "gpt",
     "MODELS",
     "SIZES",
     "build_model",
@@ -196,6 +202,16 @@ def transformer(size: str = "small") -> TinyTransformer:
     return TinyTransformer(**SIZES[size]["transformer"])
 
 
+def gpt(size: str = "small") -> GPT:
+    """`labkit.generation.GPT` with its ``input_spec`` (imported here: the generation package
+    does not import this module, so the two never form a cycle)."""
+    from labkit.generation.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(**SIZES[size]["gpt"]))
+    model.input_spec = InputSpec((model.config.context,), torch.int64, high=model.config.vocab_size)
+    return model
+
+
 # Presets: "small" keeps a lesson to seconds on a 2-core CPU; "full" is what a GPU should be timed on.
 # ResNet-50 keeps its architecture in both: only the image side changes.
 SIZES: dict[str, dict[str, dict]] = {
@@ -204,16 +220,18 @@ SIZES: dict[str, dict[str, dict]] = {
         "tiny_cnn": dict(image_size=32, width=16),
         "resnet50": dict(image_size=64),
         "transformer": dict(d_model=64, heads=4, layers=2, seq_len=32),
+        "gpt": dict(n_layer=2, n_head=4, d_model=128, context=256),
     },
     "full": {
         "mlp": dict(in_features=1024, hidden=4096, out_features=1000, depth=4),
         "tiny_cnn": dict(image_size=64, width=64),
         "resnet50": dict(image_size=224),
         "transformer": dict(d_model=512, heads=8, layers=6, seq_len=128),
+        "gpt": dict(n_layer=12, n_head=12, d_model=768, context=1024),  # GPT-2 small's shape
     },
 }
 
-MODELS = {"mlp": mlp, "tiny_cnn": tiny_cnn, "resnet50": resnet50, "transformer": transformer}
+MODELS = {"mlp": mlp, "tiny_cnn": tiny_cnn, "resnet50": resnet50, "transformer": transformer, "gpt": gpt}
 
 
 def build_model(name: str, size: str = "small", device: str | torch.device = "cpu", seed: int = 0) -> nn.Module:

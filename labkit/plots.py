@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from labkit.timeline import StageEvent, bubble_fraction
 
 if TYPE_CHECKING:  # named in annotations only: drawing imports no domain module (nor torch)
+    from labkit.generation.stats import StepSample
     from labkit.measure import GPUMonitor
     from labkit.memory import MaxBatch
     from labkit.sweep import SweepPoint
@@ -34,6 +35,8 @@ __all__ = [
     "plot_pipeline_timelines",
     "plot_scaling",
     "plot_max_batch_search",
+    "plot_ladder",
+    "plot_occupancy",
 ]
 
 
@@ -143,6 +146,26 @@ def plot_throughput_bars(values: dict[str, float], *, title: str, unit: str = "r
     ax.invert_yaxis()
     ax.set(xlabel=unit, title=title)
     ax.margins(x=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ladder(values: dict[str, float], shares: dict[str, float | None], *, title: str, unit: str = "images / s",
+                share_of: str = "peak") -> Figure:
+    """The optimisation ladder as a staircase: one step per rung, in climbing order, each
+    labelled with its throughput and its share of ``share_of`` (the card's peak, or a CPU's
+    measured matmul ceiling)."""
+    fig, ax = plt.subplots(figsize=(9, 0.8 + 0.42 * len(values)))
+    names = list(values)
+    ax.step([values[n] for n in names], range(len(names)), where="mid", color="tab:grey", alpha=0.5)
+    ax.barh(names, [values[n] for n in names], color="tab:blue", height=0.6)
+    for i, n in enumerate(names):
+        share = shares.get(n)
+        ax.text(values[n], i, f" {values[n]:,.0f}" + (f"  ({share:.1%} of {share_of})" if share is not None else ""),
+                va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=unit, title=title)
+    ax.margins(x=0.3)
     fig.tight_layout()
     return fig
 
@@ -312,5 +335,26 @@ def plot_max_batch_search(found: MaxBatch, *, budget_bytes: int, held: int = 0, 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_occupancy(timelines: dict[str, Sequence[StepSample]], *, max_batch: dict[str, int], title: str) -> Figure:
+    """Per generation step over time: sequences computed against the batch's slots (top), and
+    the share of reserved KV slots that hold a token (bottom), one line per batcher."""
+    fig, (ax_seq, ax_kv) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    for (name, timeline), color in zip(timelines.items(), ("tab:red", "tab:blue", "tab:green", "tab:orange"), strict=False):
+        if not timeline:
+            continue
+        t = [s.t_s for s in timeline]
+        ax_seq.step(t, [s.active for s in timeline], where="post", color=color, label=f"{name}: sequences computed")
+        ax_seq.axhline(max_batch[name], color=color, linestyle=":", linewidth=1, label=f"{name}: batch slots")
+        ax_kv.step(t, [s.held_tokens / s.reserved_slots if s.reserved_slots else 0.0 for s in timeline],
+                   where="post", color=color, label=name)
+    ax_seq.set(ylabel="sequences", title=title)
+    ax_kv.set(xlabel="seconds", ylabel="KV slots holding a token", ylim=(0, 1.05))
+    for ax in (ax_seq, ax_kv):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig

@@ -22,14 +22,14 @@ __all__ = ["PEAK_SOURCE", "PEAKS_TFLOPS", "MatmulCeiling", "Roofline", "flops_pe
 PEAK_SOURCE = ("NVIDIA datasheets: H100/H200 SXM, A100 SXM 80GB, L4, T4, GeForce RTX 4090 "
                "(dense tensor-core figures, i.e. half the 'with sparsity' numbers)")
 
-# TFLOP/s, dense. "tf32" is what float32 convolutions (and matmuls with TF32 allowed) run as on a
+# TFLOP/s (TOPS for int8), dense. "tf32" is what float32 convolutions (and matmuls with TF32 allowed) run as on a
 # CUDA card; "fp32" is the plain CUDA-core figure.
 PEAKS_TFLOPS: dict[str, dict[str, float]] = {
-    "H200": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},
-    "H100": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4},  # SXM
-    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
-    "L4": {"fp32": 30.3, "tf32": 60.0, "fp16": 121.0, "bf16": 121.0},
-    "T4": {"fp32": 8.1, "fp16": 65.0},
+    "H200": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4, "int8": 1978.9},
+    "H100": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4, "int8": 1978.9},  # SXM
+    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0, "int8": 624.0},
+    "L4": {"fp32": 30.3, "tf32": 60.0, "fp16": 121.0, "bf16": 121.0, "int8": 242.5},
+    "T4": {"fp32": 8.1, "fp16": 65.0, "int8": 130.0},
     "RTX 4090": {"fp32": 82.6, "tf32": 82.6, "fp16": 165.2, "bf16": 165.2},  # fp32 accumulate
 }
 

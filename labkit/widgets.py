@@ -16,7 +16,8 @@ from labkit.models import MODELS, build_model
 from labkit.plots import plot_max_batch_search, plot_sweep
 from labkit.sweep import batch_sweep
 
-__all__ = ["sweep_playground", "batching_playground", "pipeline_playground", "memory_playground"]
+__all__ = ["sweep_playground", "batching_playground", "pipeline_playground", "memory_playground", "ladder_playground",
+           "generation_playground"]
 
 
 def _drawn_alone(callback: Callable[[object], None]) -> Callable[[object], None]:
@@ -40,7 +41,7 @@ def sweep_playground(
     device: str | torch.device = "cpu",
     size: str = "small",
     *,
-    models: Sequence[str] = tuple(MODELS),
+    models: Sequence[str] = tuple(m for m in MODELS if m != "gpt"),  # gpt generates: lesson 08 times it by token
     reference: dict[int, float] | None = None,
     reference_label: str = "",
 ):
@@ -273,3 +274,100 @@ def memory_playground(
     run.on_click(on_run)
     on_run(None)
     return w.VBox([w.HBox([model_box, precision, budget, run]), out])
+
+
+def ladder_playground(
+    results: Sequence[Any],
+    example: Callable[[int], torch.Tensor],
+    *,
+    flops_per_item: float,
+    card: str,
+    device: str | torch.device,
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    ceiling_tflops: float | None = None,
+):
+    """Rungs of a finished climb (`labkit.ladder.climb`, forwards kept) and a batch size; *Measure*
+    times each chosen rung's own forward at that batch and draws img/s with its share of the
+    card's peak, or, on a CPU (no datasheet peak), of ``ceiling_tflops``, the matmul ceiling
+    measured there. A compiled rung meeting a new batch size compiles again first (seconds)."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    from labkit.ladder import bench_rung
+    from labkit.plots import plot_ladder
+    from labkit.roofline import roofline
+
+    ran = {r.rung.name: r for r in results if r.forward is not None}
+    if not ran:
+        raise ValueError("no rung of these results ran here: climb first, on this device")
+    rungs = w.SelectMultiple(options=list(ran), value=list(ran), description="rungs", rows=min(8, len(ran)))
+    batch = w.Dropdown(options=list(batch_sizes), value=batch_sizes[-1], description="batch")
+    run = w.Button(description="Measure", button_style="primary")
+    out = w.Output()
+
+    @_drawn_alone
+    def on_run(_: object) -> None:
+        out.outputs = ()
+        n, values, shares = batch.value, {}, {}
+        for name in rungs.value:
+            values[name] = bench_rung(ran[name], example(n), device)
+            line = roofline(values[name], flops_per_item, card, ran[name].precision)
+            share = line.share_of_peak
+            if share is None and ceiling_tflops:
+                share = line.tflops / ceiling_tflops
+            shares[name] = share
+        where = "of the card's peak" if ceiling_tflops is None else "of the measured matmul ceiling"
+        fig = plot_ladder(values, shares, title=f"{card}: batch {n}, measured now", share_of=where.removeprefix("of "))
+        with out:
+            display(fig)
+        plt.close(fig)
+        out.append_stdout("\n".join(f"{name:32s} {values[name]:10,.0f} images/s" +
+                                     (f"  {shares[name]:.1%} {where}" if shares[name] is not None else "")
+                                     for name in values) + "\n")
+
+    run.on_click(on_run)
+    return w.VBox([w.HBox([rungs, w.VBox([batch, run])]), out])
+
+
+def generation_playground(model: torch.nn.Module, *, n: int = 24, static_batch: int = 8):
+    """Arrival rate, the spread of output lengths, block size and KV budget; *Run* serves one fresh
+    Poisson trace of ``n`` requests through `StaticBatcher` (``static_batch`` sequences, each a
+    max-length reservation) and `ContinuousBatcher` (the same KV bytes in blocks) on the model's
+    device, and shows tokens/s, TTFT, TPOT, KV use and occupancy over time for both."""
+    import ipywidgets as w
+
+    from labkit.generation import ContinuousBatcher, StaticBatcher, poisson_trace, serve_trace
+    from labkit.plots import plot_occupancy
+
+    rate = w.FloatLogSlider(value=400, base=10, min=1, max=3.5, description="arrivals/s", continuous_update=False)
+    longest = w.IntSlider(value=96, min=8, max=min(192, model.config.context - 32), step=8, description="longest output",
+                          continuous_update=False)
+    block = w.Dropdown(options=[1, 2, 4, 8, 16, 32], value=4, description="block size")
+    budget = w.FloatSlider(value=1.0, min=0.25, max=2.0, step=0.25, description="KV budget x",
+                           continuous_update=False, tooltip="times the static batcher's max-length reservations")
+    run = w.Button(description="Run", button_style="primary")
+    out = w.Output()
+
+    @_drawn_alone
+    def on_run(_: object) -> None:
+        out.outputs = ()
+        trace = poisson_trace(n, rate.value, prompt_len=(8, 32), output_len=(4, longest.value),
+                              vocab_size=model.config.vocab_size, seed=int(rate.value) + longest.value)
+        max_len = 32 + longest.value
+        tokens = max(max_len, int(budget.value * static_batch * max_len))  # at least one longest request
+        runs = {"static": serve_trace(StaticBatcher(model, max_batch_size=max(1, tokens // max_len), max_len=max_len), trace)[1],
+                "continuous": serve_trace(ContinuousBatcher(model, kv_blocks=-(-tokens // block.value),
+                                                            block_size=block.value, max_batch_size=64), trace)[1]}
+        lines = [f"{n} requests at {rate.value:,.0f}/s, outputs 4-{longest.value} tokens, KV budget {tokens:,} token slots"]
+        for name, s in runs.items():
+            lines.append(f"  {name:10s} {s.tokens_per_s:8,.0f} tokens/s  TTFT p50 {s.ttft.p50_ms:6.0f} ms  "
+                         f"TPOT p99 {s.tpot.p99_ms:6.1f} ms  KV used {s.kv_utilisation:4.0%}  held {s.peak_sequences:3d}  "
+                         f"preempted {s.preemptions}")
+        out.append_stdout("\n".join(lines) + "\n")
+        fig = plot_occupancy({k: s.timeline for k, s in runs.items()}, max_batch={k: s.max_batch_size for k, s in runs.items()},
+                             title="occupancy and KV use, this trace")
+        out.append_display_data(fig)
+        plt.close(fig)
+
+    run.on_click(on_run)
+    return w.VBox([w.HBox([rate, longest]), w.HBox([block, budget, run]), out])

@@ -6,16 +6,20 @@ from torch import nn
 
 from labkit.models import MODELS, SIZES, build_model, example_batch
 
+# One output per input (classes), or for the generative gpt one row of logits per token read.
 NUM_OUTPUTS = {
-    ("mlp", "small"): 10,
-    ("mlp", "full"): 1000,
-    ("tiny_cnn", "small"): 10,
-    ("tiny_cnn", "full"): 10,
-    ("resnet50", "small"): 1000,
-    ("resnet50", "full"): 1000,
-    ("transformer", "small"): 10,
-    ("transformer", "full"): 10,
+    ("mlp", "small"): (10,),
+    ("mlp", "full"): (1000,),
+    ("tiny_cnn", "small"): (10,),
+    ("tiny_cnn", "full"): (10,),
+    ("resnet50", "small"): (1000,),
+    ("resnet50", "full"): (1000,),
+    ("transformer", "small"): (10,),
+    ("transformer", "full"): (10,),
+    ("gpt", "small"): (16, 256),
+    ("gpt", "full"): (16, 256),
 }
+TOKEN_MODELS = {"transformer", "gpt"}
 
 RESNET50_PARAMETERS = 25_557_032  # torchvision.models.resnet50(): the published figure
 
@@ -40,9 +44,11 @@ def test_forward_shape_and_finite(name, size):
     model = built(name, size)
     batch = 3 if size == "small" else 1
     x = example_batch(model, batch)
+    if name == "gpt":
+        x = x[:, :16]  # a prompt of 16 tokens: any length up to the context is one forward
     with torch.inference_mode():
         y = model(x)
-    assert y.shape == (batch, NUM_OUTPUTS[name, size])
+    assert y.shape == (batch, *NUM_OUTPUTS[name, size])
     assert torch.isfinite(y).all()
 
 
@@ -99,7 +105,7 @@ def test_example_batch_matches_input_spec(name):
     x = example_batch(model, 5)
     assert x.shape == (5, *spec.shape)
     assert x.device == torch.device("cpu")
-    if name == "transformer":
+    if name in TOKEN_MODELS:
         assert x.dtype == torch.int64
         assert spec.high is not None
         assert 0 <= int(x.min()) and int(x.max()) < spec.high

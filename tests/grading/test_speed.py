@@ -59,11 +59,18 @@ def _bisection():
     return _solution("04_memory.ipynb")["find_max_batch"], bisection
 
 
+def _the_given_loop():
+    from labkit.grading.exercises.ex07_profiling_and_the_ladder import naive_predict
+
+    return _solution("07_profiling_and_the_ladder.ipynb")["fast_predict"], naive_predict
+
+
 # speed question -> (behaviour question it shares its answer with, or None; answers; the lowest band's points)
 SPEED = {
     "01.batcher_speed": ("01.MiniBatcher", _one_batch_at_a_time, 0.0),
     "03.pipeline_speed": ("03.run_pipeline", _stages_one_after_another, 0.0),
     "04.find_max_batch": (None, _bisection, 0.25 * QUESTIONS["04.find_max_batch"].points),
+    "07.predict_speed": ("07.fast_predict", _the_given_loop, 0.0),
 }
 
 
