@@ -41,7 +41,7 @@ from gpu_wheels import WHEELHOUSE, install, site_env  # noqa: E402
 from labkit.device import describe, pick_device  # noqa: E402
 from labkit.reference import results_path, save_results  # noqa: E402
 
-BENCHES = ["measuring", "batching", "parallel", "memory", "streams", "ladder"]
+BENCHES = ["measuring", "batching", "parallel", "memory", "streams", "ladder", "generation"]
 
 
 def run_gpu_tests() -> dict:

@@ -31,7 +31,7 @@ from common import cli  # noqa: E402
 
 from labkit.batching import DynamicBatcher  # noqa: E402
 from labkit.device import sync  # noqa: E402
-from labkit.ladder import RUNGS, RungResult, climb, fixed_shape  # noqa: E402
+from labkit.ladder import RUNGS, RungResult, climb, fixed_shape, rung_call  # noqa: E402
 from labkit.load import closed_loop  # noqa: E402
 from labkit.measure import compare  # noqa: E402
 from labkit.models import build_model, example_batch  # noqa: E402
@@ -96,8 +96,8 @@ def _cpu_compile(model: torch.nn.Module, results: list[RungResult], sizes: tuple
             x = example_batch(model, n, device="cpu")
             plain(x)
             out[f"batch{n}"] = {
-                "frozen_vs_eager": compare(lambda x=x: eager.forward(x), lambda x=x: frozen.forward(x), rounds=7).ratio,
-                "not_frozen_vs_eager": compare(lambda x=x: eager.forward(x), lambda x=x: plain(x), rounds=7).ratio}
+                "frozen_vs_eager": compare(rung_call(eager, x), rung_call(frozen, x), rounds=7).ratio,
+                "not_frozen_vs_eager": compare(rung_call(eager, x), lambda x=x: plain(x), rounds=7).ratio}
     return out
 
 

@@ -27,7 +27,7 @@ from labkit.measure import bench
 from labkit.reference import card_name
 from labkit.roofline import flops_per_item, roofline
 
-__all__ = ["Rung", "RungResult", "RUNGS", "TOLERANCE", "bench_rung", "climb", "cpu_has_bf16", "fixed_shape", "prepare_rung", "run_rung"]
+__all__ = ["Rung", "RungResult", "RUNGS", "TOLERANCE", "bench_rung", "climb", "cpu_has_bf16", "fixed_shape", "prepare_rung", "rung_call", "run_rung"]
 
 # Largest |output - fp32 output| / largest |fp32 output| a rung may reach and still "match": fp32
 # and TF32 keep about 3 and 10 bits of mantissa beyond what these models need; half precisions
@@ -194,15 +194,25 @@ def run_rung(rung: Rung, model: nn.Module, batches: dict[int, torch.Tensor], ref
     return result
 
 
-def bench_rung(result: RungResult, batch: torch.Tensor, device: str | torch.device, *, repeat: int = 10) -> float:
-    """Items/s of a rung that ran (its kept forward) on a float32 ``batch``: median of ``repeat``
-    timed calls after warm-up, the device synchronised."""
+def rung_call(result: RungResult, batch: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """One call of a rung that ran (its kept forward) on a float32 ``batch``, converted once, run
+    as the climb ran it: under inference mode, TF32 as the rung sets it (a compiled rung called
+    otherwise would compile again, for seconds: its guards include both)."""
     if result.forward is None or result.to_input is None:
         raise ValueError(f"rung {result.rung.name!r} did not run here ({result.skipped or 'no forward kept'})")
-    device = torch.device(device)
-    x = result.to_input(batch)
-    with _tf32(result.rung.precision != "fp32"), torch.inference_mode():
-        stats = bench(lambda: result.forward(x), warmup=3, repeat=repeat, device=device)
+    forward, x, tf32 = result.forward, result.to_input(batch), result.rung.precision != "fp32"
+
+    def call() -> torch.Tensor:
+        with _tf32(tf32), torch.inference_mode():
+            return forward(x)
+
+    return call
+
+
+def bench_rung(result: RungResult, batch: torch.Tensor, device: str | torch.device, *, repeat: int = 10) -> float:
+    """Items/s of a rung that ran on a float32 ``batch``: median of ``repeat`` timed calls after
+    warm-up, the device synchronised."""
+    stats = bench(rung_call(result, batch), warmup=3, repeat=repeat, device=torch.device(device))
     return len(batch) / (stats.median_ms / 1e3)
 
 

@@ -291,7 +291,6 @@ def ladder_playground(
     card's peak, or, on a CPU (no datasheet peak), of ``ceiling_tflops``, the matmul ceiling
     measured there. A compiled rung meeting a new batch size compiles again first (seconds)."""
     import ipywidgets as w
-    from IPython.display import display
 
     from labkit.ladder import bench_rung
     from labkit.plots import plot_ladder
@@ -318,8 +317,7 @@ def ladder_playground(
             shares[name] = share
         where = "of the card's peak" if ceiling_tflops is None else "of the measured matmul ceiling"
         fig = plot_ladder(values, shares, title=f"{card}: batch {n}, measured now", share_of=where.removeprefix("of "))
-        with out:
-            display(fig)
+        out.append_display_data(fig)
         plt.close(fig)
         out.append_stdout("\n".join(f"{name:32s} {values[name]:10,.0f} images/s" +
                                      (f"  {shares[name]:.1%} {where}" if shares[name] is not None else "")

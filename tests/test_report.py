@@ -3,7 +3,10 @@ collected into one HTML page; a failing notebook gives a partial report and a no
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +17,7 @@ from browser import support as browser_support  # tests/browser/support.py
 from markupsafe import escape
 from nbformat.v4 import new_code_cell, new_notebook
 
+from labkit.cli import main
 from labkit.report import compare, run_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,14 +156,24 @@ def test_a_failing_notebook_gives_a_partial_report_and_a_non_zero_exit(tiny_note
 
 def test_param_must_name_a_notebook_and_a_key(tiny_notebooks, tmp_path):
     good, _ = tiny_notebooks
-    cli = subprocess.run([sys.executable, "-m", "labkit.cli", "report", str(good), "--param", "n=5"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    cli = _report_cli(str(good), "--param", "n=5", cwd=tmp_path)
     assert cli.returncode == 2 and "NOTEBOOK:KEY=VALUE" in cli.stderr
 
 
 def _report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "labkit.cli", "report", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+    """`labkit report ARGS` in this process (a refusal starts no kernel, so no process is needed):
+    its exit code and what it printed."""
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(["report", *args])
+            except SystemExit as e:  # argparse's refusals
+                code = e.code
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["labkit", "report", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize("args, says", [

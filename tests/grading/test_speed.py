@@ -65,12 +65,29 @@ def _the_given_loop():
     return _solution("07_profiling_and_the_ladder.ipynb")["fast_predict"], naive_predict
 
 
+def _static_batching():
+    def static(running, waiting, free_blocks, block_size, max_batch_size):
+        """StaticBatcher's policy: feed the batch until all of it has finished, then admit as many
+        as the cache holds at max_len = 160 tokens reserved each (the grader's own baseline)."""
+        def blocks(n):
+            return -(-n // block_size)
+
+        if running:
+            return {"work": [[s, 1, blocks(h + 1) - blocks(h)] for s, h, _ in running], "joined": [], "preempted": []}
+        joined = waiting[: min(max_batch_size, free_blocks * block_size // 160)]
+        return {"work": [[s, p + g, blocks(p + g)] for s, p, g in joined], "joined": [s for s, _, _ in joined],
+                "preempted": []}
+
+    return _solution("08_generation.ipynb")["schedule"], static
+
+
 # speed question -> (behaviour question it shares its answer with, or None; answers; the lowest band's points)
 SPEED = {
     "01.batcher_speed": ("01.MiniBatcher", _one_batch_at_a_time, 0.0),
     "03.pipeline_speed": ("03.run_pipeline", _stages_one_after_another, 0.0),
     "04.find_max_batch": (None, _bisection, 0.25 * QUESTIONS["04.find_max_batch"].points),
     "07.predict_speed": ("07.fast_predict", _the_given_loop, 0.0),
+    "08.schedule_speed": (None, _static_batching, 0.0),  # static batching is legal, but not 08.schedule's plans
 }
 
 
