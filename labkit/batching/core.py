@@ -168,23 +168,7 @@ class Batcher(PrivateLoop):
 
     async def stop(self) -> None:
         """Stop accepting, finish every accepted request, then release the worker threads."""
-        self._accepting = False
-        if self._task is None:
-            return
-        if self._task.done():  # it ended on its own: say so if it crashed, rather than stay silent
-            if not self._task.cancelled() and self._task.exception() is not None:
-                raise BatcherStoppedError(f"{type(self).__name__}'s scheduler had crashed") from self._task.exception()
-            return
-        self._stopping = True
-        self._poke()
-        await asyncio.shield(self._task)
-
-    async def __aenter__(self) -> Batcher:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await self._drain()
 
     # -- submitting ------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""Serving a batcher from code without asyncio: a private event loop in a background thread."""
+"""A batcher's life around its scheduler task: ``async with``, a drain that finishes what was
+accepted, and, from code without asyncio, ``with`` and ``submit_sync`` on a private event loop
+in a background thread."""
 
 from __future__ import annotations
 
@@ -25,8 +27,32 @@ class PrivateLoop:
     _accepting: bool
     _private: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
 
+    _stopping: bool
+    _wake: asyncio.Event
+
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+
+    async def __aenter__(self) -> Any:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _drain(self) -> None:
+        """Stop accepting and wait for the scheduler task to finish every accepted request; a
+        task that had ended on its own by crashing says so rather than stay silent."""
+        self._accepting = False
+        if self._task is None:
+            return
+        if self._task.done():
+            if not self._task.cancelled() and self._task.exception() is not None:
+                raise BatcherStoppedError(f"{type(self).__name__}'s scheduler had crashed") from self._task.exception()
+            return
+        self._stopping = True
+        self._wake.set()
+        await asyncio.shield(self._task)
 
     def __enter__(self) -> Any:
         if self._task is not None or self._private is not None:

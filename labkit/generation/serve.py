@@ -120,24 +120,7 @@ class GenerationServer(PrivateLoop):
 
     async def stop(self) -> None:
         """Stop accepting, finish every accepted request, then release the worker thread."""
-        self._accepting = False
-        if self._task is None:
-            return
-        if self._task.done():
-            if not self._task.cancelled() and self._task.exception() is not None:
-                raise BatcherStoppedError(f"{type(self).__name__}'s scheduler had crashed") from self._task.exception()
-            return
-        self._stopping = True
-        self._wake.set()
-        await asyncio.shield(self._task)
-
-    async def __aenter__(self) -> GenerationServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
+        await self._drain()
 
     def submit(self, prompt_ids: torch.Tensor, *, max_new_tokens: int,
                timeout_ms: float | None = None) -> Coroutine[Any, Any, torch.Tensor]:
