@@ -3,7 +3,7 @@
 `Batcher` owns the event-loop side: it validates and queues requests, decides when a batch
 leaves (full, or its oldest request has waited ``max_wait_ms``), keeps up to ``max_inflight``
 batches running in worker threads (`BatchRunner`), and gives every request exactly one outcome,
-in one place (`Batcher._settle`). The scheduler sleeps on an event when there is nothing to do:
+in one place (`Batcher._settle`). The scheduler sleeps until woken when there is nothing to do:
 an idle batcher uses no CPU. Subclasses pass the queue in (`RequestQueue`) and may steer each
 batch's size.
 
@@ -18,9 +18,12 @@ one thread (`engine.BatchRunner.threads`), so the depth is one: a partial batch 
 computing one would start no sooner, only smaller, than if it kept filling in the queue.
 
 The model never runs on the event loop, not even a tiny one: a slow or hung model cannot delay
-a timeout or freeze the caller's loop. (What running tiny CPU batches inline used to buy is now
-bought on the worker: `engine.BatchRunner.run` computes them on one thread.) A request's timeout holds until its batch starts computing, including while
-the batch waits behind another in the worker's queue (`queues.InFlight`).
+a timeout or freeze the caller's loop. What running tiny CPU batches inline used to buy is now
+bought around the model: the loop collates a small CPU batch and splits its output, next to the
+callers whose inputs and rows those are (`engine.BatchRunner.collates_here`), and the worker
+computes it with one OpenMP thread (`engine.BatchRunner.proven_fast`). A request's timeout
+holds until its batch starts computing, including while the batch waits behind another in the
+worker's queue (`queues.InFlight`).
 """
 
 from __future__ import annotations
@@ -28,18 +31,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from labkit.batching.engine import BatchRunner, request_error
+from labkit.batching.engine import BatchRunner, Unsplit, request_error, worker_setup
 from labkit.batching.errors import BatcherError, BatcherStoppedError, QueueFullError, finite
 from labkit.batching.lifecycle import PrivateLoop
 from labkit.batching.queues import QUEUED, InFlight, Request, RequestQueue
 from labkit.batching.signature import Signature
 from labkit.batching.stats import BatcherStats
+from labkit.batching.wakeup import Wakeup
 from labkit.batching.workers import Workers
 from labkit.device import device_of
 from labkit.models import InputSpec, input_spec_of
@@ -155,11 +159,11 @@ class Batcher(PrivateLoop):
         if self.freeze_gc:  # see the class docstring: a full collection must not become the p99
             gc.collect()
             gc.freeze()
-        self._wake = asyncio.Event()
+        self._wake = Wakeup(self._loop)
         self._free_slots = list(range(self.max_inflight))
         self._runner = BatchRunner(self.fn, self.device, self.max_inflight, results_on_device=self.results_on_device,
                                    capacity=self._max_batch_size)
-        self._workers = Workers(self._runner.threads)
+        self._workers = Workers(self._runner.threads, setup=worker_setup)
         self._feed_depth = min(FEED_DEPTH, self._runner.threads)  # see the module docstring
         self._running = 0  # batches dispatched and not yet finished
         self._cap = self._max_batch_size
@@ -193,16 +197,10 @@ class Batcher(PrivateLoop):
         """Every request passes here, so it is written for speed: the common case (a matching
         CPU tensor, no range to check, no admission rule) costs one comparison chain."""
         loop = self._loop
-        if not self._accepting:
-            state = "stopped" if self._task is not None else "not started (use `async with batcher:` or `await batcher.start()`)"
-            raise BatcherStoppedError(f"{type(self).__name__} is {state}; request refused")
-        if asyncio.get_running_loop() is not loop:
-            raise RuntimeError(
-                f"{type(self).__name__}.submit must be awaited on the event loop it was started on; "
-                "from another thread or loop use submit_sync"
-            )
+        if not self._accepting or asyncio.get_running_loop() is not loop:
+            raise self._refusal()
         sig = self._signature
-        if not (type(x) is torch.Tensor and x.is_cpu and x.shape == sig.shape and x.dtype == sig.dtype
+        if not (type(x) is torch.Tensor and x.dtype is sig.dtype and x.shape == sig.shape and x.is_cpu
                 and sig.high is None):
             self._validate(x)
         now = loop.time()
@@ -211,14 +209,16 @@ class Batcher(PrivateLoop):
         try:
             if self._admits:
                 self._admit(req)
-            waiting = 0 if req.future.done() else self._queue.push(req)  # done: settled at admission
+                waiting = 0 if req.future.done() else self._queue.push(req)  # done: settled at admission
+            else:
+                waiting = self._queue.push(req)
         except QueueFullError:
             self.stats.rejected += 1
             raise
         self.stats.submitted += 1
         if deadline is not None and waiting:
             req.timer = loop.call_at(deadline, self._expire, req)
-        if waiting == 1 or waiting >= self._cap:  # the scheduler needs to look again
+        if waiting == 1 or waiting == self._cap:  # the scheduler needs to look again (+1 a submit)
             self._wake.set()
         try:
             return await req.future
@@ -227,6 +227,14 @@ class Batcher(PrivateLoop):
                 self._queue.discard(req)
                 self._settle(req, None)  # counted as cancelled: its future is
             raise
+
+    def _refusal(self) -> Exception:
+        """Why `submit` refuses a request that is not the input's fault."""
+        if not self._accepting:
+            state = "stopped" if self._task is not None else "not started (use `async with batcher:` or `await batcher.start()`)"
+            return BatcherStoppedError(f"{type(self).__name__} is {state}; request refused")
+        return RuntimeError(f"{type(self).__name__}.submit must be awaited on the event loop it was started on; "
+                            "from another thread or loop use submit_sync")
 
     def _validate(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -247,22 +255,34 @@ class Batcher(PrivateLoop):
         self._settle(req, TimeoutError(f"request not computing within timeout_ms={timeout_ms:g}"), "timed_out")
 
     def _settle(self, req: Request, outcome: Any, counter: str = "failed") -> None:
-        """The one place a request gets its outcome and is counted, exactly once.
+        """One request's outcome (`_settle_all`)."""
+        self._settle_all((req,), (outcome,), counter)
+
+    def _settle_all(self, reqs: Sequence[Request], outcomes: Sequence[Any], counter: str = "failed") -> None:
+        """The one place requests get their outcomes and are counted, each exactly once.
 
         A result counts as completed; an exception under ``counter`` (failed, timed_out, shed);
-        a request whose caller already gave up (its future is done) as cancelled.
+        a request whose caller already gave up (its future is done) as cancelled. A whole batch
+        passes in one call: per request, this loop is all the bookkeeping there is.
         """
-        if req.timer is not None:
-            req.timer.cancel()
-        future = req.future
-        if future.done():
-            self.stats.cancelled += 1
-        elif isinstance(outcome, BaseException):
-            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-            future.set_exception(outcome)
-        else:
-            self.stats.completed += 1
-            future.set_result(outcome)
+        completed = cancelled = raised = 0
+        for req, outcome in zip(reqs, outcomes, strict=True):
+            if req.timer is not None:
+                req.timer.cancel()
+            future = req.future
+            if future.done():
+                cancelled += 1
+            elif isinstance(outcome, BaseException):
+                raised += 1
+                future.set_exception(outcome)
+            else:
+                completed += 1
+                future.set_result(outcome)
+        stats = self.stats
+        stats.completed += completed
+        stats.cancelled += cancelled
+        if raised:
+            setattr(stats, counter, getattr(stats, counter) + raised)
 
     def _poke(self) -> None:
         task, loop = getattr(self, "_task", None), getattr(self, "_loop", None)
@@ -276,7 +296,7 @@ class Batcher(PrivateLoop):
             while (batch := await self._next_batch()) is not None:
                 self._dispatch(batch)
             while self._running:
-                await self._sleep(None)
+                await self._wake.sleep()
         except BaseException as exc:  # a bug or a cancelled loop: nobody may be left waiting
             self._accepting = False
             error = BatcherStoppedError(f"{type(self).__name__} stopped unexpectedly: {exc!r}")
@@ -288,14 +308,6 @@ class Batcher(PrivateLoop):
             self._accepting = False
             self._workers.shutdown()
 
-    async def _sleep(self, until: float | None) -> None:
-        """Until woken (a request, a finished batch, a setting) or the loop clock reaches ``until``."""
-        self._wake.clear()
-        timer = None if until is None else self._loop.call_at(until, self._wake.set)
-        await self._wake.wait()
-        if timer is not None:
-            timer.cancel()
-
     async def _next_batch(self) -> list[Request] | None:
         """Wait until a slot is free and a batch is due, then take it (None: stopping, nothing left)."""
         loop, queue = self._loop, self._queue
@@ -303,10 +315,10 @@ class Batcher(PrivateLoop):
             if not len(queue):
                 if self._stopping:
                     return None
-                await self._sleep(None)
+                await self._wake.sleep()
                 continue
             if not self._free_slots:
-                await self._sleep(None)
+                await self._wake.sleep()
                 continue
             cap, wait_s = self._plan()
             cap = self._cap = max(1, cap)
@@ -318,7 +330,7 @@ class Batcher(PrivateLoop):
                 if batch:
                     return batch
                 continue
-            await self._sleep(None if now >= due else due)
+            await self._wake.sleep(None if now >= due else due)
 
     def _take(self, cap: int, now: float) -> list[Request]:
         """Up to ``cap`` requests for a batch; cancelled or expired ones are settled here."""
@@ -336,10 +348,12 @@ class Batcher(PrivateLoop):
 
     def _dispatch(self, reqs: list[Request]) -> None:
         batch = InFlight(reqs, self._free_slots.pop(), self._loop.time())
-        for req in reqs:
-            if req.timer is not None:  # it may still time out while the batch waits for a worker
-                req.batch = batch
-                batch.timed = True
+        timed = [req for req in reqs if req.timer is not None]
+        for req in timed:  # it may still time out while the batch waits for a worker
+            req.batch = batch
+        batch.timed = bool(timed)
+        if self._runner.collates_here(reqs[0].x, len(reqs)):
+            batch.collated = torch.stack([req.x for req in reqs])  # (B, *input shape)
         self._running += 1
         self._workers.put(batch.slot, lambda: self._compute(batch))
 
@@ -347,8 +361,10 @@ class Batcher(PrivateLoop):
         """On a worker: run the requests still live; give the loop them, their outcomes, and the
         batch's wall and busy ms."""
         live = batch.claim()
+        # collated on the loop, unless a request left while the batch waited (collate the rest)
+        inputs = batch.collated if batch.collated is not None and len(live) == len(batch.reqs) else [r.x for r in live]
         try:
-            result = (live, *self._runner.run(batch.slot, [r.x for r in live])) if live else (live, [], math.nan, math.nan)
+            result = (live, *self._runner.run(batch.slot, inputs)) if live else (live, [], math.nan, math.nan)
         except BaseException as exc:  # BatchRunner.run catches the model's; this is a last guard
             result = (live, [request_error(exc)] * len(live), math.nan, math.nan)
         batch.result = result
@@ -361,15 +377,15 @@ class Batcher(PrivateLoop):
         live, outcomes, batch_ms, busy_ms = batch.result
         if not live:
             return
+        if isinstance(outcomes, Unsplit):  # a tiny CPU batch's output: split here, beside its callers
+            outcomes = outcomes.rows()
         stats = self.stats
         stats.batches += 1
         stats.batch_sizes[len(live)] += 1
         stats.batch_ms.append(batch_ms)
         taken = batch.taken
         stats.queue_wait_ms.extend([(taken - req.arrival) * 1e3 for req in live])
-        settle = self._settle
         try:
-            for req, outcome in zip(live, outcomes, strict=True):
-                settle(req, outcome)
+            self._settle_all(live, outcomes)
         finally:
             self._on_batch_done(live, busy_ms)

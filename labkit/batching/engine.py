@@ -6,6 +6,9 @@ that raises is split in halves and retried until the failing request is isolated
 requests still get results and only the culprit gets the model's exception. An output whose
 batch dimension is not the input's is the model breaking its contract, not one bad input: every
 request of that batch gets the error at once, with no retry that could hide it.
+
+A tiny CPU batch is collated, and its output split into rows, on the event loop's thread
+(`BatchRunner.collates_here`, `Unsplit`); only the model runs on the worker.
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["BatchRunner", "INLINE_BELOW_MS", "OWN_ROWS_FROM_BYTES", "request_error"]
+__all__ = ["BatchRunner", "FAST_BELOW_MS", "HERE_BELOW_BYTES", "OWN_ROWS_FROM_BYTES", "Unsplit", "request_error",
+           "worker_setup"]
 
-INLINE_BELOW_MS = 0.5
+FAST_BELOW_MS = 0.5
+HERE_BELOW_BYTES = 64 << 10  # a CPU batch of inputs this small is collated on the loop (`collates_here`)
 # Rows of a batch output at least this large are copied, so a kept row does not pin the whole
 # batch (a 4 MB row of a batch of 64 would keep 256 MB). Below it a kept row pins at most 1 MiB
 # extra, while a copy costs ~2-3 µs a row whatever its size (row_copy_cpu in
@@ -46,21 +50,12 @@ def request_error(exc: BaseException) -> Exception:
     return error
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run a tiny CPU batch on this thread alone.
-
-    At that size a second OpenMP thread computes nothing useful, and its spinning after each
-    batch takes the core the event loop needs: on the 2-core box, a tiny MLP through the
-    batcher (bench/batching.py, `batcher_cost`) cost 48-90 µs a request with it and 18-20 µs
-    without, as with OMP_WAIT_POLICY=passive. Restored after the batch: other threads keep theirs.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def worker_setup() -> None:
+    """Once on each worker thread, before its first batch: no autograd there (grad mode is per
+    thread). Set once rather than a ``torch.no_grad()`` block per batch, which costs about as much
+    as a tiny model's whole batch of bookkeeping. ``no_grad`` rather than ``inference_mode``:
+    results are ordinary tensors a caller may modify."""
+    torch.set_grad_enabled(False)
 
 
 class _Slot:
@@ -85,6 +80,19 @@ class _Slot:
         return self.host[:n].to(self.device, non_blocking=True)
 
 
+class Unsplit:
+    """A whole batch's output, handed back unsplit: the event loop splits it into its requests'
+    rows (`rows`), beside the callers who use them (`BatchRunner.collates_here`)."""
+
+    __slots__ = ("runner", "out", "n")
+
+    def __init__(self, runner: BatchRunner, out: torch.Tensor, n: int) -> None:
+        self.runner, self.out, self.n = runner, out, n
+
+    def rows(self) -> Sequence[Outcome]:
+        return self.runner.rows(self.out, self.n)
+
+
 class BatchRunner:
     """Runs ``fn`` on batches, one worker thread and one slot per batch in flight."""
 
@@ -102,21 +110,28 @@ class BatchRunner:
         self.device = device
         self.results_on_device = results_on_device
         self.slots = [_Slot(device, capacity) for _ in range(slots)]
-        self._recent_ms: deque[float] = deque(maxlen=8)
+        self._on_cpu = device.type != "cuda"
+        self._recent_cpu_ms: deque[float] = deque(maxlen=8)
         self._last_end = 0.0  # when the latest batch finished (perf_counter), for `run`'s busy time
         self._end_lock = threading.Lock()
 
     @property
     def proven_fast(self) -> bool:
-        """Has each of the last 8 batches taken under `INLINE_BELOW_MS` on a CPU?
+        """Is the median of the last 8 batches' CPU time on their worker thread under
+        `FAST_BELOW_MS`, on a CPU?
 
-        Then the next batch computes on its worker thread alone (`_one_thread`). One slower
-        batch ends it. (Waiting for such batches on the loop's thread, bounded, bought nothing
-        measurable in bench/batching.py's `batcher_cost` and cost a lone request ~20 µs; running
-        them on the loop itself let a model that turned slow freeze the caller's loop.)
+        Then the next batch computes with one OpenMP thread. At that size a second one computes
+        nothing useful, and its spinning after each batch takes the core the event loop needs: on
+        the 2-core box a tiny MLP through the batcher (bench/batching.py, `batcher_cost`) cost
+        48-90 µs a request with it, 18-20 µs without, as with OMP_WAIT_POLICY=passive. CPU time,
+        not wall time, and the median, not every batch: a tiny batch's wall time includes its
+        waits for the GIL while the loop settles the previous one, and there a third of them had
+        looked slow (with a rule of "each of the last 8"), each sending the next 8 batches to two
+        OpenMP threads. A model that turns slow gets its threads back after 5 slow batches.
+        Other threads keep their thread count.
         """
-        recent = self._recent_ms
-        return self.device.type != "cuda" and len(recent) == recent.maxlen and max(recent) < INLINE_BELOW_MS
+        recent = self._recent_cpu_ms
+        return self._on_cpu and len(recent) == recent.maxlen and sorted(recent)[recent.maxlen // 2] < FAST_BELOW_MS
 
     @property
     def threads(self) -> int:
@@ -130,8 +145,24 @@ class BatchRunner:
         """
         return len(self.slots) if self.device.type == "cuda" else 1
 
-    def run(self, slot: int, xs: Sequence[torch.Tensor]) -> tuple[list[Outcome], float, float]:
-        """Outcomes in input order, the batch's wall time in ms (staging to results on the host),
+    def collates_here(self, x: torch.Tensor, n: int) -> bool:
+        """Should the event loop collate a batch of ``n`` inputs like ``x`` (``torch.stack``) and
+        split its output, leaving only the model to the worker? On a CPU, when the batch is
+        under `HERE_BELOW_BYTES`: its inputs were just made on the loop's core and its rows are
+        about to be used there, and a worker on the other core pays cache misses on every one
+        of those small objects. Measured on the 2-core box (bench/batching.py, `batcher_cost`,
+        interleaved rounds): 6-10% more requests/s for the tiny MLP. A larger batch stays off the
+        loop (its copy takes time), and on a GPU staging goes through the slot's pinned buffer
+        and stream.
+        """
+        return self._on_cpu and n * x.nbytes < HERE_BELOW_BYTES
+
+    def run(self, slot: int, inputs: Sequence[torch.Tensor] | torch.Tensor) -> tuple[list[Outcome] | Unsplit, float, float]:
+        """``inputs``: one tensor per request, or the batch already collated (B, *input shape),
+        as `collates_here` has the loop do; then a whole batch that computes comes back as
+        `Unsplit`, for the loop to split.
+
+        Returns the outcomes in input order, the batch's wall time in ms (staging to results on the host),
         and its *busy* time: the wall time less the part spent while an earlier batch was still
         running (``end - max(start, previous end)``).
 
@@ -141,45 +172,63 @@ class BatchRunner:
         directly, 14.5 ms wall through the batcher with 2 in flight, 30.4 ms with 4. Busy times
         add up to the time the device was working, whatever the overlap: the cost of a batch.
         """
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         s = self.slots[slot]
-        outcomes: list[Outcome] = [None] * len(xs)
-        # no_grad rather than inference_mode: results are ordinary tensors a caller may modify.
+        n = len(inputs)
+        outcomes: list[Outcome] | Unsplit = [None] * n
+        threads = torch.get_num_threads() if self.proven_fast else 0
         try:
-            with torch.no_grad(), (torch.cuda.stream(s.stream) if s.stream else nullcontext()), \
-                    (_one_thread() if self.proven_fast else nullcontext()):
-                batch = s.stage(xs)  # (B, *input shape)
-                self._run_isolating(batch, 0, len(xs), outcomes)
-                if s.stream is not None:
+            if threads:
+                torch.set_num_threads(1)
+            if isinstance(inputs, torch.Tensor):
+                outcomes = self._run_isolating(inputs, 0, n, outcomes, whole=True) or outcomes
+            elif s.stream is None:
+                self._run_isolating(s.stage(inputs), 0, n, outcomes)  # stage: (B, *input shape)
+            else:
+                with torch.cuda.stream(s.stream):
+                    self._run_isolating(s.stage(inputs), 0, n, outcomes)
                     s.stream.synchronize()
         except BaseException as exc:  # staging or the stream failed: the batch as a whole
-            outcomes = [request_error(exc)] * len(xs)
+            outcomes = [request_error(exc)] * n
+        finally:
+            if threads:
+                torch.set_num_threads(threads)
         t1 = time.perf_counter()
         with self._end_lock:
             busy_ms = (t1 - max(t0, self._last_end)) * 1e3
             self._last_end = max(self._last_end, t1)
-        ms = (t1 - t0) * 1e3
-        self._recent_ms.append(ms)
-        return outcomes, ms, busy_ms
+        cpu_ms = (time.thread_time() - cpu0) * 1e3  # not the wall time: that counts waits for the GIL
+        self._recent_cpu_ms.append(cpu_ms)
+        return outcomes, (t1 - t0) * 1e3, busy_ms
 
-    def _run_isolating(self, batch: torch.Tensor, lo: int, hi: int, outcomes: list[Outcome]) -> None:
+    def _run_isolating(self, batch: torch.Tensor, lo: int, hi: int, outcomes: list[Outcome],
+                       whole: bool = False) -> Unsplit | None:
+        """Fill ``outcomes[lo:hi]``, halving the range until a raising request is alone; with
+        ``whole``, a small CPU output of the whole batch comes back `Unsplit` instead."""
         part = batch if hi - lo == len(batch) else batch[lo:hi]
         try:
             out = self.fn(part)
         except BaseException as exc:  # even SystemExit: one culprit, found by halving
             if hi - lo == 1:
                 outcomes[lo] = request_error(exc)
-                return
+                return None
             mid = (lo + hi) // 2
             self._run_isolating(batch, lo, mid, outcomes)
             self._run_isolating(batch, mid, hi, outcomes)
-            return
-        try:
-            outcomes[lo:hi] = self._rows(out, hi - lo)
-        except (TypeError, ValueError) as exc:  # the output breaks the contract: all of them get it
-            outcomes[lo:hi] = [exc] * (hi - lo)
+            return None
+        if whole and type(out) is torch.Tensor and out.is_cpu and out.nbytes < OWN_ROWS_FROM_BYTES:
+            return Unsplit(self, out, hi - lo)
+        outcomes[lo:hi] = self.rows(out, hi - lo)
+        return None
 
-    def _rows(self, out: Any, n: int) -> list[Any]:
+    def rows(self, out: Any, n: int) -> Sequence[Outcome]:
+        """``out`` split into ``n`` rows, or, when it breaks the contract, that error for each."""
+        try:
+            return self._rows(out, n)
+        except (TypeError, ValueError) as exc:
+            return [exc] * n
+
+    def _rows(self, out: Any, n: int) -> Sequence[Any]:
         """Split a batched output (a tensor, or a tuple/dict of them) into ``n`` rows.
 
         A list is refused: a list of per-row outputs (``[f(row) for row in x]``) cannot be told
@@ -194,7 +243,7 @@ class BatchRunner:
             rows = out.unbind(0)
             if out.nbytes >= OWN_ROWS_FROM_BYTES:
                 return [row.clone() for row in rows]
-            return list(rows)
+            return rows
         if isinstance(out, Mapping):
             columns = {k: self._rows(v, n) for k, v in out.items()}
             return [{k: col[i] for k, col in columns.items()} for i in range(n)]

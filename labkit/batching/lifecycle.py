@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labkit.batching.errors import BatcherError, BatcherStoppedError
+from labkit.batching.wakeup import Wakeup
 
 __all__ = ["PrivateLoop"]
 
@@ -28,7 +29,7 @@ class PrivateLoop:
     _private: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
 
     _stopping: bool
-    _wake: asyncio.Event
+    _wake: Wakeup
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...

@@ -50,13 +50,14 @@ class Request:
 class InFlight:
     """A dispatched batch. Until a worker starts it (`claim`), its requests may still time out."""
 
-    __slots__ = ("reqs", "slot", "taken", "timed", "lock", "started", "result")
+    __slots__ = ("reqs", "slot", "taken", "timed", "collated", "lock", "started", "result")
 
     def __init__(self, reqs: list[Request], slot: int, taken: float) -> None:
         self.reqs = reqs
         self.slot = slot
         self.taken = taken  # when it left the queue (loop clock)
         self.timed = False  # does any of its requests have a timer (that may drop it)?
+        self.collated: torch.Tensor | None = None  # its inputs stacked on the loop (engine.BatchRunner.collates_here)
         self.lock = threading.Lock()
         self.started = False
         self.result: tuple[list[Request], list[Any], float, float] | None = None
@@ -88,18 +89,23 @@ class RequestQueue(Protocol):
 
 
 class FifoLevel:
-    """Requests in arrival order (a deque)."""
+    """Requests in arrival order (a deque), at most ``max_size`` of them waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: float = math.inf) -> None:
         self._items: deque[Request] = deque()
         self.live = 0
+        self.max_size = max_size
 
-    def push(self, req: Request) -> None:
+    def push(self, req: Request) -> int:
+        """Queue ``req``; the number now waiting. `QueueFullError` when ``max_size`` already wait."""
+        if self.live >= self.max_size:
+            raise QueueFullError(f"queue full: {self.live} requests waiting (max_queue_size={self.max_size})")
         items = self._items
         if len(items) > 2 * self.live + _SLACK:
             self._items = items = deque(r for r in items if r.state == QUEUED)
         items.append(req)
         self.live += 1
+        return self.live
 
     def head(self) -> Request | None:
         items = self._items
@@ -124,8 +130,9 @@ class FifoLevel:
         self.live -= 1
         return req
 
-    def take(self, n: int) -> list[Request]:
-        """Up to ``n`` live requests, oldest first, marked dispatched."""
+    def take(self, n: int, now: float | None = None) -> list[Request]:
+        """Up to ``n`` live requests, oldest first, marked dispatched (``now``: unused, as in
+        `RequestQueue`)."""
         batch: list[Request] = []
         items = self._items
         while items and len(batch) < n:
@@ -200,36 +207,20 @@ class EdfLevel:
         return [r for _, _, r in self._heap if r.state == QUEUED]
 
 
-class FifoQueue:
-    """First in, first out, with a bound on the number waiting: `DynamicBatcher`'s queue."""
+class FifoQueue(FifoLevel):
+    """First in, first out, with a bound on the number waiting: `DynamicBatcher`'s queue (one
+    level, so a push is one call: every request pays it)."""
 
     def __init__(self, max_size: int) -> None:
         if max_size < 1:
             raise ValueError(f"max_queue_size must be at least 1, got {max_size}")
-        self.max_size = max_size
-        self._level = FifoLevel()
+        super().__init__(max_size)
 
     def __len__(self) -> int:
-        return self._level.live
-
-    def push(self, req: Request) -> int:
-        level = self._level
-        if level.live >= self.max_size:
-            raise QueueFullError(f"queue full: {level.live} requests waiting (max_queue_size={self.max_size})")
-        level.push(req)
-        return level.live
-
-    def discard(self, req: Request) -> None:
-        self._level.discard(req)
-
-    def oldest_arrival(self) -> float | None:
-        return self._level.oldest_arrival()
-
-    def take(self, n: int, now: float | None = None) -> list[Request]:
-        return self._level.take(n)
+        return self.live
 
     def waiting(self) -> list[Request]:
-        return self._level.items()
+        return self.items()
 
 
 LEVEL_ORDERS = {"fifo": FifoLevel, "edf": EdfLevel}

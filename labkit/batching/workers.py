@@ -16,11 +16,12 @@ __all__ = ["Workers"]
 
 class Workers:
     """``count`` threads (not daemons: at exit, a batch still computing finishes rather than
-    being killed inside torch); job ``i`` of `put` runs on thread ``i % count``, in order."""
+    being killed inside torch); job ``i`` of `put` runs on thread ``i % count``, in order.
+    ``setup`` runs once on each thread before its first job (thread-local state, such as grad mode)."""
 
-    def __init__(self, count: int, name: str = "labkit-batcher") -> None:
+    def __init__(self, count: int, name: str = "labkit-batcher", setup: Callable[[], None] | None = None) -> None:
         self._queues: list[SimpleQueue[Callable[[], None] | None]] = [SimpleQueue() for _ in range(count)]
-        self.threads = [threading.Thread(target=self._work, args=(q,), name=f"{name}_{i}")
+        self.threads = [threading.Thread(target=self._work, args=(q, setup), name=f"{name}_{i}")
                         for i, q in enumerate(self._queues)]
         for t in self.threads:
             t.start()
@@ -34,6 +35,8 @@ class Workers:
             q.put(None)
 
     @staticmethod
-    def _work(jobs: SimpleQueue) -> None:
+    def _work(jobs: SimpleQueue, setup: Callable[[], None] | None) -> None:
+        if setup is not None:
+            setup()
         while (job := jobs.get()) is not None:
             job()  # jobs catch their own exceptions (`Batcher._compute`)

@@ -6,13 +6,15 @@ import asyncio
 import threading
 import time
 
+import pytest
 import torch
 
 from labkit.batching import (
     DynamicBatcher,
+    engine,
 )
 from labkit.batching.core import FEED_DEPTH
-from labkit.batching.engine import INLINE_BELOW_MS, BatchRunner
+from labkit.batching.engine import FAST_BELOW_MS, HERE_BELOW_BYTES, BatchRunner
 
 from .conftest import Recorder, TurnsSlow, run, vec, warm_fast_path
 
@@ -168,32 +170,40 @@ def test_on_one_cpu_thread_a_partial_batch_keeps_filling_behind_the_computing_on
     assert computed == [1, 3, 4]
 
 
-def test_tiny_cpu_batches_take_the_fast_path_on_a_worker_and_a_slow_one_ends_it():
-    # The fast path (engine.BatchRunner.proven_fast): after 8 tiny batches the next ones compute
-    # on one thread; one slow batch ends it. The model always runs on a worker thread, never on
-    # the caller's loop (it used to run inline there, where a slow one froze the loop).
+def test_tiny_cpu_batches_take_the_fast_path_on_a_worker_and_slow_ones_end_it():
+    # The fast path (engine.BatchRunner.proven_fast): once the median of the last 8 batches' CPU
+    # time is tiny the next ones compute on one OpenMP thread; a few slow batches end it, a single
+    # slow one does not. The model always runs on a worker thread, never on the caller's loop (it
+    # used to run inline there, where a slow one froze the loop).
     threads: list[str] = []
     slow = threading.Event()
 
     def model(x):
         threads.append(threading.current_thread().name)
-        if slow.is_set():
-            time.sleep(2 * INLINE_BELOW_MS / 1e3)
+        if slow.is_set():  # slow in CPU time, as a model that turns heavy is (a sleep costs none)
+            end = time.thread_time() + 2 * FAST_BELOW_MS / 1e3
+            while time.thread_time() < end:
+                pass
         return x * 2
+
+    async def batch(b):
+        return await asyncio.gather(*(b.submit(vec(j)) for j in range(4)))
 
     async def main():
         async with DynamicBatcher(model, max_batch_size=4, max_wait_ms=1) as b:
             warm = []
             for _ in range(40):  # a busy box may slow a batch past the bound: room for a few
-                await asyncio.gather(*(b.submit(vec(j)) for j in range(4)))
+                await batch(b)
                 warm.append(b._runner.proven_fast)
             slow.set()
-            outs = [await asyncio.gather(*(b.submit(vec(j)) for j in range(4))) for _ in range(3)]
-            return warm, b._runner.proven_fast, outs
+            outs = [await batch(b)]
+            after_one = b._runner.proven_fast
+            outs += [await batch(b) for _ in range(4)]
+            return warm, after_one, b._runner.proven_fast, outs
 
-    warm, after_slow, outs = run(main())
-    assert warm[:7] == [False] * 7 and any(warm), warm  # on once 8 tiny batches are seen
-    assert not after_slow
+    warm, after_one, after_five, outs = run(main())
+    assert warm[:7] == [False] * 7 and warm[-1], warm  # on once 8 tiny batches are seen
+    assert after_one and not after_five
     assert all(t.startswith("labkit-batcher") for t in threads), threads
     assert all(torch.equal(y, vec(2 * j)) for out in outs for j, y in enumerate(out))
 
@@ -219,3 +229,66 @@ def test_a_proven_fast_model_that_turns_slow_never_freezes_the_loop():
     worst_gap, out = run(main())
     assert worst_gap < 0.3, worst_gap  # the loop kept running while the model slept 1.5 s
     assert all(torch.equal(y, vec(2 * j)) for j, y in enumerate(out))
+
+
+def _where_batches_collate_and_split(monkeypatch, width: int) -> tuple[set[str], set[str], list]:
+    """(threads that stacked inputs on a slot, threads that split outputs into rows, the outputs)
+    for three batches of four inputs of ``width`` floats."""
+    staged, split = set(), set()
+    stage, rows = engine._Slot.stage, BatchRunner._rows
+
+    def spy_stage(self, xs):
+        staged.add(threading.current_thread().name)
+        return stage(self, xs)
+
+    def spy_rows(self, out, n):
+        split.add(threading.current_thread().name)
+        return rows(self, out, n)
+
+    monkeypatch.setattr(engine._Slot, "stage", spy_stage)
+    monkeypatch.setattr(BatchRunner, "_rows", spy_rows)
+
+    async def main():
+        async with DynamicBatcher(lambda x: x * 2, max_batch_size=4, max_wait_ms=1) as b:
+            return [await asyncio.gather(*(b.submit(vec(4 * k + j, width)) for j in range(4))) for k in range(3)]
+
+    return staged, split, run(main())
+
+
+def test_a_small_cpu_batch_is_collated_and_split_on_the_loop_and_a_large_one_on_the_worker(monkeypatch):
+    # engine.BatchRunner.collates_here: the loop stacks a small batch's inputs and splits its output
+    # (beside its callers, on the loop's core); only the model runs on the worker. A batch of
+    # HERE_BELOW_BYTES or more is stacked and split on the worker. Same results either way.
+    small = HERE_BELOW_BYTES // (4 * 4 * 4)  # floats per input: a batch of 4 is a quarter of the bound
+    large = HERE_BELOW_BYTES // (4 * 4)  # a batch of 4 is exactly the bound
+    for width, where in ((small, "loop"), (large, "worker")):
+        staged, split, outs = _where_batches_collate_and_split(monkeypatch, width)
+        if where == "loop":
+            assert staged == set() and split == {threading.current_thread().name}, (staged, split)
+        else:
+            assert staged == split and all(t.startswith("labkit-batcher") for t in split), (staged, split)
+        for k, out in enumerate(outs):
+            assert all(torch.equal(y, vec(2 * (4 * k + j), width)) for j, y in enumerate(out))
+        monkeypatch.undo()
+
+
+def test_a_collated_batch_that_loses_a_request_while_it_waits_computes_the_rest(gate):
+    # A small batch is stacked on the loop at dispatch; if one of its requests times out while
+    # the batch waits behind another on the CPU worker, the rest are collated again without it.
+    model = Recorder(gate=gate)
+
+    async def main():
+        async with DynamicBatcher(model, max_batch_size=3, max_wait_ms=0, max_inflight=2) as b:
+            blocker = asyncio.gather(*(b.submit(vec(100 + j)) for j in range(3)))
+            assert await asyncio.to_thread(model.entered.wait, 5)
+            waiting = [asyncio.ensure_future(b.submit(vec(j), timeout_ms=60 if j == 1 else None)) for j in range(3)]
+            with pytest.raises(TimeoutError):
+                await waiting[1]
+            gate.set()
+            await blocker
+            return await asyncio.gather(waiting[0], waiting[2]), b.stats.summary()
+
+    (first, third), s = run(main())
+    assert torch.equal(first, vec(0)) and torch.equal(third, vec(4))
+    assert 1.0 not in model.seen and model.sizes[-1] == 2
+    assert s["timed_out"] == 1 and s["completed"] == 5

@@ -10,17 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from labkit.grading import trials
 from labkit.grading.plain import describe, same, to_plain
-from labkit.grading.trials import (
-    Mismatch,
-    Observation,
-    Oracle,
-    Partial,
-    Question,
-    Trial,
-    calls,
-    speed_credit,
-)
+from labkit.grading.trials import Question, Trial, calls, speed_credit
 
 # Bound before any submission runs: patching time.sleep or the clock cannot shorten the model.
 _sleep, _clock = time.sleep, time.perf_counter
@@ -57,7 +49,7 @@ def _outcome(task: asyncio.Task) -> Any:
     return task.result()
 
 
-def _batcher_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
+def _batcher_probe(answer: Callable, inputs: dict, oracle: trials.Oracle) -> tuple[Any, dict]:
     """``answer`` is the learner's batcher class. ``inputs["part"]`` says what to do with it."""
     part, settings = inputs["part"], inputs["settings"]
     calls_seen: list = []
@@ -111,12 +103,12 @@ def _batcher_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any,
     return output, extra
 
 
-def _settled(call: str, seen: Observation) -> None:
+def _settled(call: str, seen: trials.Observation) -> None:
     if not seen.extra.get("stopped"):
-        raise Mismatch(f"{call}: stop()", "to finish within 5 s, without raising", "it did not",
+        raise trials.Mismatch(f"{call}: stop()", "to finish within 5 s, without raising", "it did not",
                        "stop: refuse new requests, let the scheduler drain the queue, await it")
     if seen.extra.get("threads_left", 0):
-        raise Mismatch(f"{call}: threads left running", "none", str(seen.extra["threads_left"]),
+        raise trials.Mismatch(f"{call}: threads left running", "none", str(seen.extra["threads_left"]),
                        "run the model with asyncio.to_thread (or your own threads, joined at stop)")
 
 
@@ -128,12 +120,12 @@ def _idle(hint: str = "") -> Trial:
     """(hint)"""
     call = "MiniBatcher started, then idle for 0.5 s"
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         if not same(seen.output, 3.0):
-            raise Mismatch(f"{call}, then submit(1.0)", "3.0", describe(seen.output), "2x + 1 from the model")
+            raise trials.Mismatch(f"{call}, then submit(1.0)", "3.0", describe(seen.output), "2x + 1 from the model")
         cpu = seen.extra.get("cpu_s", 1.0)
         if not cpu < 0.004:
-            raise Mismatch(f"{call}: CPU time used", "under 0.004 s (an event-driven batcher sleeps)", f"{cpu:.4f} s",
+            raise trials.Mismatch(f"{call}: CPU time used", "under 0.004 s (an event-driven batcher sleeps)", f"{cpu:.4f} s",
                            hint or "wait on an asyncio.Event (set by submit) or a timer, never asyncio.sleep in a loop")
         _settled(call, seen)
 
@@ -154,16 +146,16 @@ def _stream(requests: list, hint: str = "") -> Trial:
         else:
             want.append(2 * x + 1)
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         out = seen.output
         if not isinstance(out, list) or len(out) != len(want):
-            raise Mismatch(call, f"{len(want)} outcomes", describe(out), hint)
+            raise trials.Mismatch(call, f"{len(want)} outcomes", describe(out), hint)
         for i, (got, expected) in enumerate(zip(out, want, strict=True)):
             if got == "never answered":
-                raise Mismatch(f"{call}: request {i} ({requests[i][0]!r})", repr(expected), "no outcome after 10 s",
+                raise trials.Mismatch(f"{call}: request {i} ({requests[i][0]!r})", repr(expected), "no outcome after 10 s",
                                "every request gets exactly one outcome: a result or an exception")
             if not same(got, expected):
-                raise Mismatch(f"{call}: request {i} ({requests[i][0]!r})", repr(expected), describe(got),
+                raise trials.Mismatch(f"{call}: request {i} ({requests[i][0]!r})", repr(expected), describe(got),
                                hint or "when a batch raises, split it in halves and retry, until the culprit is alone")
         _settled(call, seen)
 
@@ -175,17 +167,17 @@ def _deadline(max_wait_s: float, second_after_s: float, hint: str = "") -> Trial
     """(max_wait_s, second_after_s, hint)"""
     call = f"MiniBatcher(max_wait_s={max_wait_s:g}): submit(1.0), then submit(2.0) {second_after_s:g} s later"
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         if not same(seen.output, [3.0, 5.0]):
-            raise Mismatch(call, "[3.0, 5.0]", describe(seen.output), hint)
+            raise trials.Mismatch(call, "[3.0, 5.0]", describe(seen.output), hint)
         model_calls = seen.extra.get("calls", [])
         if [xs for _, xs in model_calls] != [[1.0, 2.0]]:
-            raise Mismatch(f"{call}: the model's calls", "one batch [1.0, 2.0]", str([xs for _, xs in model_calls])[:200],
+            raise trials.Mismatch(f"{call}: the model's calls", "one batch [1.0, 2.0]", str([xs for _, xs in model_calls])[:200],
                            "a request waits up to max_wait_s for others to join its batch")
         at = model_calls[0][0]
         latest = max_wait_s + second_after_s / 2  # halfway to the newest request's deadline
         if not max_wait_s * 0.9 <= at < latest:
-            raise Mismatch(f"{call}: when the batch left (s after the first request)",
+            raise trials.Mismatch(f"{call}: when the batch left (s after the first request)",
                            f"{max_wait_s:g} (the oldest request's deadline)", f"{at:.3f}",
                            "the deadline is the oldest request's arrival + max_wait_s, not the newest's")
         _settled(call, seen)
@@ -232,17 +224,17 @@ def _load(clients: int, each: int, hint: str = "", rounds: int = 3) -> Trial:
     floor_s = batches * (compute_s + per_item_s * size)  # the device alone, busy all the time
     call = f"MiniBatcher, {clients} clients x {each} requests, against the guide's batcher on the same model"
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         want = [[2 * float(c * 1000 + i + r) + 1 for c in range(clients) for i in range(each)]
                 for r in range(len(seen.outputs))]
         if not all(same(o, w) for o, w in zip(seen.outputs, want, strict=True)):
-            raise Mismatch(call, "2x + 1 for every request, in each client's order", describe(seen.outputs[0]), hint)
+            raise trials.Mismatch(call, "2x + 1 for every request, in each client's order", describe(seen.outputs[0]), hint)
         if min(ans for _, ans in seen.rounds) < 0.9 * floor_s:  # no honest run is faster: a patched clock
-            raise Mismatch(f"{call}: time", f"at least {floor_s:.3f} s (the device's own time)",
+            raise trials.Mismatch(f"{call}: time", f"at least {floor_s:.3f} s (the device's own time)",
                            f"{min(a for _, a in seen.rounds):.3f} s", "the model must run for real")
         credit = speed_credit(seen.speedup, naive=BATCHER_NAIVE, full=BATCHER_FULL)
         if credit < 1:
-            raise Partial(f"{call}: speed-up (median of {len(seen.rounds)} rounds)",
+            raise trials.Partial(f"{call}: speed-up (median of {len(seen.rounds)} rounds)",
                           f"{BATCHER_FULL:g}x or more (up to {best:.2f}x when collating overlaps the device)",
                           f"{seen.speedup:.2f}x", hint or "keep two batches in flight: while one computes, the next "
                           "collates (two model calls at once, in threads)", credit=credit)

@@ -8,17 +8,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from labkit.grading import trials
 from labkit.grading.plain import describe, same, to_plain
-from labkit.grading.trials import (
-    Mismatch,
-    Observation,
-    Oracle,
-    Partial,
-    Question,
-    Trial,
-    calls,
-    speed_credit,
-)
+from labkit.grading.trials import Question, Trial, calls, speed_credit
 
 
 def _gather(parts: Sequence[tuple[int, list]], expected: list, hint: str = "") -> Trial:
@@ -26,16 +18,16 @@ def _gather(parts: Sequence[tuple[int, list]], expected: list, hint: str = "") -
     call = f"gather(chunks finished in the order {', '.join(str(i) for i, _ in parts)})"
     want = to_plain(expected)
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         out = seen.output
         if not (isinstance(out, dict) and out.get("$") == "torch.Tensor" and same(out.get("value"), want)):
-            raise Mismatch(call, f"torch.Tensor {want!r}", describe(out), hint)
+            raise trials.Mismatch(call, f"torch.Tensor {want!r}", describe(out), hint)
 
     return Trial(call, "gather", {"parts": to_plain([[i, v] for i, v in parts])}, judge, hint)
 
 
 
-def _gather_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
+def _gather_probe(answer: Callable, inputs: dict, oracle: trials.Oracle) -> tuple[Any, dict]:
     import torch  # only this probe needs it
 
     return answer([(index, torch.tensor(values)) for index, values in inputs["parts"]]), {}
@@ -77,7 +69,7 @@ def _sequential(stages: list, items: list) -> list[float]:
     return out
 
 
-def _pipeline_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
+def _pipeline_probe(answer: Callable, inputs: dict, oracle: trials.Oracle) -> tuple[Any, dict]:
     """The answer on sleeping stages, each wrapped to record when it ran what (the timeline the
     behaviour is judged on), and whether any thread the answer started is still alive after."""
     fail_at = inputs.get("fail_at")
@@ -113,18 +105,18 @@ def _run_pipeline(stages: list, items: list, hint: str = "", fail_at: list | Non
     call = f"run_pipeline({len(stages)} stages, {len(items)} items" + (f", stage {fail_at[0]} fails on {fail_at[1]!r})" if fail_at else ")")
     want = _sequential(stages, items)
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         left = seen.extra.get("threads_left", 0)
         if left:
-            raise Mismatch(f"{call}: threads still running after it returned", "none", str(left),
+            raise trials.Mismatch(f"{call}: threads still running after it returned", "none", str(left),
                            "end every stage's thread (a sentinel down the queues) and join them")
         if fail_at is not None:
             if not (isinstance(seen.output, dict) and str(seen.output.get("raised", "")).startswith("ValueError")):
-                raise Mismatch(call, "the stage's ValueError raised to the caller", describe(seen.output),
+                raise trials.Mismatch(call, "the stage's ValueError raised to the caller", describe(seen.output),
                                "catch a stage's exception in its thread, stop the pipeline, re-raise it in the caller")
             return
         if not same(seen.output, want):
-            raise Mismatch(call, repr(want), describe(seen.output), hint or "outputs in the order of the items")
+            raise trials.Mismatch(call, repr(want), describe(seen.output), hint or "outputs in the order of the items")
         _judge_timeline(call, seen.extra.get("events", []), stages, items)
 
     inputs = {"stages": to_plain(stages), "items": to_plain(items), "fail_at": to_plain(fail_at)}
@@ -141,12 +133,12 @@ def _judge_timeline(call: str, events: list, stages: list, items: list) -> None:
     for stage, (_, factor, offset) in enumerate(stages):
         ran = by_stage.get(stage, [])
         if not same([x for x, _, _ in ran], inputs):
-            raise Mismatch(f"{call}: what stage {stage} ran, in order", f"{inputs}"[:200],
+            raise trials.Mismatch(f"{call}: what stage {stage} ran, in order", f"{inputs}"[:200],
                            str([x for x, _, _ in ran])[:200], "one thread per stage, fed in order by a queue")
         if stage:
             for (x, start, _), (_, _, prev_end) in zip(ran, by_stage.get(stage - 1, []), strict=True):
                 if start < prev_end - 1e-4:
-                    raise Mismatch(f"{call}: {x!r} at stage {stage}", "to start after it left the stage before",
+                    raise trials.Mismatch(f"{call}: {x!r} at stage {stage}", "to start after it left the stage before",
                                    "it started earlier", "pass each stage's output to the next through a queue")
         inputs = [x * factor + offset for x in inputs]
 
@@ -163,17 +155,17 @@ def _pipeline_speed(stages: list, items: list, hint: str = "", rounds: int = 3) 
             for fn in fns:
                 x = fn(x)
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         want = [_sequential(stages, [x + r for x in items]) for r in range(len(seen.outputs))]
         if list(seen.outputs) != want and not all(same(o, w) for o, w in zip(seen.outputs, want, strict=True)):
-            raise Mismatch(call, "the same outputs as the stages one after another", describe(seen.outputs[0]), hint)
+            raise trials.Mismatch(call, "the same outputs as the stages one after another", describe(seen.outputs[0]), hint)
         fastest = min(answer for _, answer in seen.rounds)
         if fastest < 0.9 * floor_s:  # no honest run is faster: the clock or the stages were tampered with
-            raise Mismatch(f"{call}: time", f"at least {floor_s:.3f} s (the slowest stage, once per item)",
+            raise trials.Mismatch(f"{call}: time", f"at least {floor_s:.3f} s (the slowest stage, once per item)",
                            f"{fastest:.3f} s", "the stages must run for real")
         credit = speed_credit(seen.speedup, naive=PIPELINE_NAIVE, full=PIPELINE_FULL)
         if credit < 1:
-            raise Partial(f"{call}: speed-up (median of {len(seen.rounds)} rounds)",
+            raise trials.Partial(f"{call}: speed-up (median of {len(seen.rounds)} rounds)",
                           f"{PIPELINE_FULL:g}x or more (the ideal here is {ideal:.2f}x)", f"{seen.speedup:.2f}x",
                           hint or "while stage 1 works on item i, stage 0 should already work on item i + 1",
                           credit=credit)

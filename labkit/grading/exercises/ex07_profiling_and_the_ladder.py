@@ -13,17 +13,9 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from labkit.grading import trials
 from labkit.grading.plain import describe, value_of
-from labkit.grading.trials import (
-    Mismatch,
-    Observation,
-    Oracle,
-    Partial,
-    Question,
-    Trial,
-    calls,
-    speed_credit,
-)
+from labkit.grading.trials import Question, Trial, calls, speed_credit
 
 # Speed-up bands over the given loop (no credit at or below the first, full at the second).
 # Measured through the grader on the 2-core CI box, 64 images: inference_mode alone 1.1x, one
@@ -74,7 +66,7 @@ def naive_predict(model: Any, images: list) -> Any:
     return torch.stack(outputs) if outputs else torch.empty(0, model.head[-1].out_features)
 
 
-def _predict_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
+def _predict_probe(answer: Callable, inputs: dict, oracle: trials.Oracle) -> tuple[Any, dict]:
     return answer(_copy(), _images(inputs["n"], inputs["seed"] + inputs.get("round", 0))), {}
 
 
@@ -85,18 +77,18 @@ def _judge_outputs(call: str, n: int, seed: int, hint: str, output: Any) -> None
     with torch.inference_mode():  # what the loop returns (to float rounding), in one call
         expected = model(torch.stack(_images(n, seed)).to(_device())).cpu() if n else naive_predict(model, [])
     if not (isinstance(output, dict) and output.get("$") == "torch.Tensor"):
-        raise Mismatch(call, f"a torch.Tensor of shape {tuple(expected.shape)}", describe(output), hint)
+        raise trials.Mismatch(call, f"a torch.Tensor of shape {tuple(expected.shape)}", describe(output), hint)
     values = value_of(output)
     try:
         got = torch.tensor(values, dtype=torch.float32) if values else torch.empty(0, *expected.shape[1:])
     except (TypeError, ValueError, RuntimeError):
-        raise Mismatch(call, f"a tensor of numbers, shape {tuple(expected.shape)}", describe(output), hint) from None
+        raise trials.Mismatch(call, f"a tensor of numbers, shape {tuple(expected.shape)}", describe(output), hint) from None
     if got.shape != expected.shape:
-        raise Mismatch(call, f"shape {tuple(expected.shape)}: one row per image, in order", f"shape {tuple(got.shape)}", hint)
+        raise trials.Mismatch(call, f"shape {tuple(expected.shape)}: one row per image, in order", f"shape {tuple(got.shape)}", hint)
     if n:
         error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
         if not error <= TOLERANCE:
-            raise Mismatch(call, f"the loop's outputs within {TOLERANCE:g} of its largest", f"off by {error:.3g} of it",
+            raise trials.Mismatch(call, f"the loop's outputs within {TOLERANCE:g} of its largest", f"off by {error:.3g} of it",
                            hint or "same images, same order, the same model")
 
 
@@ -116,12 +108,12 @@ def _speed(n: int, seed: int, hint: str = "", rounds: int = 5) -> Trial:
     def reference(inputs: dict) -> None:  # in the grader: the given loop on the same images
         naive_predict(_copy(), _images(n, seed + inputs["round"]))
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         for number, output in enumerate(seen.outputs):
             _judge_outputs(f"{call}, round {number + 1}", n, seed + number, hint, output)
         credit = speed_credit(seen.speedup, naive=naive, full=full)
         if credit < 1:
-            raise Partial(f"{call}: speed-up (median of {len(seen.rounds)} rounds)", f"{full:g}x or more on a {kind}",
+            raise trials.Partial(f"{call}: speed-up (median of {len(seen.rounds)} rounds)", f"{full:g}x or more on a {kind}",
                           f"{seen.speedup:.2f}x", hint or "no autograd (inference_mode), and one batch for all images, "
                           "not one call per image", credit=credit)
 

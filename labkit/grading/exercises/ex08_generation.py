@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from labkit.grading import trials
 from labkit.grading.exercises.sim_engine import (
     C0_MS,
     C1_MS,
@@ -46,16 +47,7 @@ from labkit.grading.exercises.sim_engine import (
     static_schedule,
 )
 from labkit.grading.plain import describe, to_plain
-from labkit.grading.trials import (
-    Mismatch,
-    Observation,
-    Oracle,
-    Partial,
-    Question,
-    Trial,
-    calls,
-    speed_credit,
-)
+from labkit.grading.trials import Question, Trial, calls, speed_credit
 
 __all__ = ["speed_trace"]
 
@@ -90,7 +82,7 @@ def _where(e: BaseException) -> str:
     return f" (line {frames[-1].lineno} of {frames[-1].filename})" if frames else ""
 
 
-def _replay_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
+def _replay_probe(answer: Callable, inputs: dict, oracle: trials.Oracle) -> tuple[Any, dict]:
     """The answer as the scheduler of the case's engine (its step cost as the judge counts it, so
     that requests arrive at the same steps), step after step, until every request has finished, a
     plan cannot be applied, the answer raises or ``max_steps`` steps have run."""
@@ -139,7 +131,7 @@ _HINTS = {
 }
 
 
-def _differs(call: str, want: dict, got: dict) -> Mismatch:
+def _differs(call: str, want: dict, got: dict) -> trials.Mismatch:
     """What labkit's plan and the answer's differ in first, with the rule that decides it."""
     if got["preempted"] != want["preempted"]:
         key, part = "preempted", "preempted"
@@ -147,17 +139,17 @@ def _differs(call: str, want: dict, got: dict) -> Mismatch:
         key, part = ("joined+" if len(got["joined"]) > len(want["joined"]) else "joined-"), "joined"
     else:
         key, part = "work", "work"
-    return Mismatch(call, _plan_text(want, part), _plan_text(got, part), _HINTS[key])
+    return trials.Mismatch(call, _plan_text(want, part), _plan_text(got, part), _HINTS[key])
 
 
-def _replayed(seen: Observation, case: dict, cost: tuple[float, float], compare: bool, label: str,
+def _replayed(seen: trials.Observation, case: dict, cost: tuple[float, float], compare: bool, label: str,
               hint: str, max_steps: int) -> Engine:
     """The grader's own replay of the answer's plans: `Mismatch` at the first step that is
     illegal, differs from labkit's (``compare``) or raised, named by its step and the state that
     went in; the engine at the end otherwise."""
     out = seen.output
     if type(out) is not dict or type(out.get("plans")) is not list:
-        raise Mismatch(label, "the replay's plans", describe(out), hint)
+        raise trials.Mismatch(label, "the replay's plans", describe(out), hint)
     engine = Engine(case, cost)
     for step, sent in enumerate(out["plans"]):
         if engine.done:
@@ -167,15 +159,15 @@ def _replayed(seen: Observation, case: dict, cost: tuple[float, float], compare:
             want = engine.labkit_plan() if compare else None
             engine.check(plan)
         except Illegal as e:
-            raise Mismatch(_call(engine, step), "a legal plan", f"an illegal one: {e}", hint) from None
+            raise trials.Mismatch(_call(engine, step), "a legal plan", f"an illegal one: {e}", hint) from None
         if compare and plan != want:
             raise _differs(_call(engine, step), want, plan)
         engine.apply(plan)
     if "raised" in out:
-        raise Mismatch(_call(engine, len(out["plans"])), "a plan", f"it raised {out['raised']}", hint)
+        raise trials.Mismatch(_call(engine, len(out["plans"])), "a plan", f"it raised {out['raised']}", hint)
     if not engine.done:
         if len(out["plans"]) >= max_steps:
-            raise Mismatch(label, f"every request finished within {max_steps} steps",
+            raise trials.Mismatch(label, f"every request finished within {max_steps} steps",
                            f"did not finish in {max_steps} steps ({sum(engine.generated)} of {sum(engine.output)} "
                            f"tokens generated)", hint or "make progress every step: the oldest running sequence "
                            "always fits, and an empty batch admits the head of the queue")
@@ -214,7 +206,7 @@ def _schedule(case: dict, hint: str = "") -> Trial:
     label = (f"replay of {len(case['requests'])} requests ({case['kv_blocks']} blocks of {case['block_size']}, "
              f"max_batch_size {case['max_batch_size']}, {steps} steps)")
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         _replayed(seen, case, (1.0, 0.0), True, label, hint, cap)
 
     return Trial(label, "schedule_replay", {"case": case, "cost": [1.0, 0.0], "max_steps": cap}, judge, hint)
@@ -266,13 +258,13 @@ def _speed(case: dict, hint: str = "") -> Trial:
     label = (f"schedule on {len(case['requests'])} requests ({case['kv_blocks']} blocks of {case['block_size']}, "
              f"max_batch_size {case['max_batch_size']}) against static batching ({max_len} tokens reserved each)")
 
-    def judge(seen: Observation) -> None:
+    def judge(seen: trials.Observation) -> None:
         engine = _replayed(seen, case, (C0_MS, C1_MS), False, label, hint, cap)
         rate = tokens / engine.clock * 1e3
         ratio = rate / static_rate
         credit = speed_credit(ratio, naive=1.0, full=full)
         if credit < 1:
-            raise Partial(f"{label}: tokens per simulated second", f"{full:.2f}x static or more (labkit's scheduler "
+            raise trials.Partial(f"{label}: tokens per simulated second", f"{full:.2f}x static or more (labkit's scheduler "
                           f"on this trace: {full * static_rate:,.0f} tokens/s; static {static_rate:,.0f})",
                           f"{ratio:.2f}x ({rate:,.0f} tokens/s in {engine.steps} steps)",
                           hint or "admit at every step, not only when the batch has emptied: a finished sequence's "
