@@ -3,7 +3,7 @@
 `Batcher` owns the event-loop side: it validates and queues requests, decides when a batch
 leaves (full, or its oldest request has waited ``max_wait_ms``), keeps up to ``max_inflight``
 batches running in worker threads (`BatchRunner`), and gives every request exactly one outcome,
-in one place (`Batcher._settle`). The scheduler sleeps until woken when there is nothing to do:
+in one place (`Batcher._settle_all`). The scheduler sleeps until woken when there is nothing to do:
 an idle batcher uses no CPU. Subclasses pass the queue in (`RequestQueue`) and may steer each
 batch's size.
 
@@ -218,7 +218,7 @@ class Batcher(PrivateLoop):
         self.stats.submitted += 1
         if deadline is not None and waiting:
             req.timer = loop.call_at(deadline, self._expire, req)
-        if waiting == 1 or waiting == self._cap:  # the scheduler needs to look again (+1 a submit)
+        if waiting == 1 or waiting == self._cap:  # the queue was empty, or a batch just filled: look again
             self._wake.set()
         try:
             return await req.future
