@@ -123,6 +123,27 @@ def batching_playground(
     return w.VBox([w.HBox([batch, wait, load, run]), out])
 
 
+def _timed_pipeline(stages: Sequence[torch.nn.Module], devices: Sequence[torch.device | str], batch: torch.Tensor,
+                    micro_batch_size: int, *, one_thread: bool):
+    """(the `PipelineParallel`, ms of its second run): the first call at a new shape pays one-off
+    costs. ``one_thread``: torch gets one thread meanwhile, so each CPU stage thread has a core."""
+    import time
+
+    from labkit.parallel import PipelineParallel
+
+    threads = torch.get_num_threads()
+    if one_thread:
+        torch.set_num_threads(1)
+    try:
+        pipe = PipelineParallel(stages, devices, micro_batch_size=micro_batch_size)
+        pipe(batch)
+        t0 = time.perf_counter()
+        pipe(batch)
+        return pipe, (time.perf_counter() - t0) * 1e3
+    finally:
+        torch.set_num_threads(threads)
+
+
 def pipeline_playground(
     stages: Sequence[torch.nn.Module],
     devices: Sequence[torch.device | str],
@@ -136,11 +157,8 @@ def pipeline_playground(
     The stage count is that of ``stages``. On CPU stand-ins torch gets one thread per run, so
     each stage thread has a core of its own (as in lesson 03).
     """
-    import time
-
     import ipywidgets as w
 
-    from labkit.parallel import PipelineParallel
     from labkit.plots import plot_pipeline_timeline
 
     n, k = batch.shape[0], len(stages)
@@ -156,17 +174,7 @@ def pipeline_playground(
         count = -(-n // m)
         out.outputs = ()
         out.append_stdout(f"running {count} micro-batch(es) of {m} through {k} stages ...\n")
-        threads = torch.get_num_threads()
-        if stand_ins:
-            torch.set_num_threads(1)
-        try:
-            pipe = PipelineParallel(stages, devices, micro_batch_size=m)
-            pipe(batch)  # warm-up: first calls at a new shape pay one-off costs
-            t0 = time.perf_counter()
-            pipe(batch)
-            ms = (time.perf_counter() - t0) * 1e3
-        finally:
-            torch.set_num_threads(threads)
+        pipe, ms = _timed_pipeline(stages, devices, batch, m, one_thread=stand_ins)
         ideal = (k - 1) / (count + k - 1)
         fig = plot_pipeline_timeline(pipe.timeline, stages=k, title=f"{label} micro-batch {m}".strip())
         out.outputs = ()
@@ -177,7 +185,6 @@ def pipeline_playground(
 
     run.on_click(on_run)
     return w.VBox([w.HBox([micro, run]), out])
-
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -215,6 +222,31 @@ def _playground_search(name: str, precision: str, budget_bytes: int, device: tor
     return found, weight_bytes(model), predicted, held
 
 
+def _search_lines(found, weights: int, predicted: int | None, held: int, device: torch.device,
+                  what: str, budget_bytes: int) -> list[str]:
+    """`memory_playground`'s report of one search: where it ran, the weights, the prediction, the
+    batch found with its proof, and every trial."""
+    on_gpu = device.type == "cuda"
+    where = (f"GPU, real forward passes on {torch.cuda.get_device_name(device)}" if on_gpu else
+             "CPU, simulated budget: weights + activation bytes, not a device limit")
+    lines = [f"{where}: {what}, budget {budget_bytes // 2**20:,} MiB",
+             f"  weights: {weights / 2**20:,.2f} MiB"]
+    if on_gpu and held:
+        lines.append(f"  (the process already held {held / 2**20:,.0f} MiB on the device; the budget is on top)")
+    if found.batch == 0:
+        lines.append("  largest batch: 0 (not even one input fits: the weights alone need "
+                     f"{weights / 2**20:,.1f} MiB)" if weights > budget_bytes else "  largest batch: 0")
+    else:
+        if predicted is not None:
+            lines.append(f"  predicted from the first two trials: {predicted:,}")
+        proof = ("the search's limit: every batch up to it fits" if found.batch >= (1 << 16) else
+                 f"{found.batch:,} fits, {found.batch + 1:,} does not")
+        lines.append(f"  largest batch: {found.batch:,} ({proof}), found in {len(found.trials)} trials")
+    lines.append("  trials: " + ", ".join(f"{t.batch:,}{'' if t.fits else ' x'}" for t in found.trials)
+                 + "   (x: did not fit)")
+    return lines
+
+
 def memory_playground(
     device: str | torch.device = "cpu",
     size: str = "small",
@@ -247,23 +279,7 @@ def memory_playground(
         name, dtype, budget_bytes = model_box.value, precision.value, budget.value * 2**20
         out.outputs = ()
         found, weights, predicted, held = _playground_search(name, dtype, budget_bytes, device, size)
-        where = (f"GPU, real forward passes on {torch.cuda.get_device_name(device)}" if on_gpu else
-                 "CPU, simulated budget: weights + activation bytes, not a device limit")
-        lines = [f"{where}: {name} ({size}) in {dtype}, budget {budget.value:,} MiB",
-                 f"  weights: {weights / 2**20:,.2f} MiB"]
-        if on_gpu and held:
-            lines.append(f"  (the process already held {held / 2**20:,.0f} MiB on the device; the budget is on top)")
-        if found.batch == 0:
-            lines.append("  largest batch: 0 (not even one input fits: the weights alone need "
-                         f"{weights / 2**20:,.1f} MiB)" if weights > budget_bytes else "  largest batch: 0")
-        else:
-            if predicted is not None:
-                lines.append(f"  predicted from the first two trials: {predicted:,}")
-            proof = ("the search's limit: every batch up to it fits" if found.batch >= (1 << 16) else
-                     f"{found.batch:,} fits, {found.batch + 1:,} does not")
-            lines.append(f"  largest batch: {found.batch:,} ({proof}), found in {len(found.trials)} trials")
-        lines.append("  trials: " + ", ".join(f"{t.batch:,}{'' if t.fits else ' x'}" for t in found.trials)
-                     + "   (x: did not fit)")
+        lines = _search_lines(found, weights, predicted, held, device, f"{name} ({size}) in {dtype}", budget_bytes)
         out.append_stdout("\n".join(lines) + "\n")
         kind = "GPU" if on_gpu else "CPU, simulated"
         fig = plot_max_batch_search(found, budget_bytes=budget_bytes, held=held,

@@ -33,24 +33,11 @@ def forward_step(model: GPT, cache: PagedKVCache, batch: Sequence[tuple[Hashable
     advance only once the step has run, so a step that raises leaves every sequence as it was
     (slots past a length may hold partial writes; nothing reads them).
     """
-    if not batch:
-        raise ValueError("forward_step needs at least one (seq_id, tokens) pair")
     ids = [seq_id for seq_id, _ in batch]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"a sequence may appear once per step, got ids {ids}")
     past = [cache.length(s) for s in ids]
     n = [int(t.numel()) for _, t in batch]
-    for s, p, k in zip(ids, past, n, strict=True):
-        if k < 1:
-            raise ValueError(f"sequence {s!r} brings no new tokens; each needs at least one")
-        if p + k > cache.capacity(s):
-            raise ValueError(f"sequence {s!r} needs room for {p + k} tokens, its blocks hold "
-                             f"{cache.capacity(s)}: allocate() before the step")
-        if p + k > model.config.context:
-            raise ValueError(f"sequence {s!r} would reach {p + k} tokens, past the context of {model.config.context}")
+    _check_step(model, cache, ids, past, n)
     dev, bs = model.wte.weight.device, cache.block_size
-    if cache.device != dev:
-        raise ValueError(f"the cache is on {cache.device} but the model on {dev}; build the cache for this model")
     S, T, L = len(batch), max(n), max(p + k for p, k in zip(past, n, strict=True))
     blocks = [cache.block_table(s) for s in ids]
     width = max(map(len, blocks))
@@ -89,3 +76,22 @@ def forward_step(model: GPT, cache: PagedKVCache, batch: Sequence[tuple[Hashable
     for s, k in zip(ids, n, strict=True):
         cache.advance(s, k)
     return model.head(last)
+
+
+def _check_step(model: GPT, cache: PagedKVCache, ids: list, past: list[int], n: list[int]) -> None:
+    """Refuse a step the cache or the model cannot take, before anything is written."""
+    if not ids:
+        raise ValueError("forward_step needs at least one (seq_id, tokens) pair")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a sequence may appear once per step, got ids {ids}")
+    for s, p, k in zip(ids, past, n, strict=True):
+        if k < 1:
+            raise ValueError(f"sequence {s!r} brings no new tokens; each needs at least one")
+        if p + k > cache.capacity(s):
+            raise ValueError(f"sequence {s!r} needs room for {p + k} tokens, its blocks hold "
+                             f"{cache.capacity(s)}: allocate() before the step")
+        if p + k > model.config.context:
+            raise ValueError(f"sequence {s!r} would reach {p + k} tokens, past the context of {model.config.context}")
+    if cache.device != model.wte.weight.device:
+        raise ValueError(f"the cache is on {cache.device} but the model on {model.wte.weight.device}; "
+                         "build the cache for this model")

@@ -17,6 +17,7 @@ signal, ptrace or read the memory of these processes.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 import resource
@@ -189,8 +190,37 @@ def _ended(pid: int) -> str:
             "os._exit, a crash, or the memory limit")
 
 
+class _ProbeChannel:
+    """One trial's probe runs over the child's channel: send the inputs, answer the oracle calls the
+    answer makes on the way, return the result. Runs are numbered so a stale reply is refused."""
+
+    def __init__(self, child: LineReader, to_child: int, deadline: float):
+        self.child, self.to_child, self.deadline = child, to_child, deadline
+        self.runs = -1  # probe runs sent so far, less one: a speed trial sends one per round
+
+    def run_once(self, trial, inputs: Any) -> Observation:
+        self.runs += 1
+        start = time.monotonic()
+        send(self.to_child, {"run": self.runs, "probe": trial.probe, "inputs": inputs})
+        calls: list[tuple[str, list]] = []
+        while True:
+            message = self.child.message(self.deadline)
+            if message is None:
+                raise TimeoutError
+            if "oracle" in message and message["oracle"] in trial.oracles:
+                calls.append((message["oracle"], message["args"]))
+                send(self.to_child, _serve(trial.oracles[message["oracle"]], message["args"]))
+                continue
+            if message.get("result") != self.runs:
+                raise ValueError(f"an unexpected message on the grader's channel: {str(message)[:200]}")
+            return Observation(message["output"], message["error"], tuple(calls),
+                               time.monotonic() - start, message["extra"] or {})
+
+
 def _drive(q, trials, child: LineReader, to_child: int, pid: int, deadline: float, timeout_s: float,
            log: list[str]) -> dict:
+    """Read the notebook's cell report, run each trial, and turn every way the child can fail into
+    the one outcome that says what went wrong."""
     seen: list[Observation | None] = [None] * len(trials)
     notes: list[str] = []
     missing = "not run"
@@ -208,28 +238,9 @@ def _drive(q, trials, child: LineReader, to_child: int, pid: int, deadline: floa
         if not cells["defined"]:
             missing = f"no definition named {q.name!r} in the notebook"
             return _outcome(q, trials, seen, notes, missing, log)
-        runs = -1  # probe runs sent so far, less one: a speed trial sends one per round
+        channel = _ProbeChannel(child, to_child, deadline)
         for number, trial in enumerate(trials):
-            def run_once(inputs: Any, trial=trial) -> Observation:
-                nonlocal runs
-                runs += 1
-                start = time.monotonic()
-                send(to_child, {"run": runs, "probe": trial.probe, "inputs": inputs})
-                calls: list[tuple[str, list]] = []
-                while True:
-                    message = child.message(deadline)
-                    if message is None:
-                        raise TimeoutError
-                    if "oracle" in message and message["oracle"] in trial.oracles:
-                        calls.append((message["oracle"], message["args"]))
-                        send(to_child, _serve(trial.oracles[message["oracle"]], message["args"]))
-                        continue
-                    if message.get("result") != runs:
-                        raise ValueError(f"an unexpected message on the grader's channel: {str(message)[:200]}")
-                    return Observation(message["output"], message["error"], tuple(calls),
-                                       time.monotonic() - start, message["extra"] or {})
-
-            seen[number] = run_rounds(trial, run_once)
+            seen[number] = run_rounds(trial, functools.partial(channel.run_once, trial))
             speed = f", {seen[number].speedup:.2f}x the reference over {len(seen[number].rounds)} rounds" if seen[number].rounds else ""
             log.append(f"trial {number + 1} ({trial.call}): {seen[number].seconds:.3f} s{speed}")
         send(to_child, {"exit": True})

@@ -49,46 +49,63 @@ def _outcome(task: asyncio.Task) -> Any:
     return task.result()
 
 
+async def _idle(batcher: Any, inputs: dict, calls_seen: list, extra: dict) -> Any:
+    """CPU the batcher burns while nothing is asked of it, then one request."""
+    await asyncio.sleep(0.05)
+    used = time.process_time()
+    await asyncio.sleep(0.5)
+    extra["cpu_s"] = time.process_time() - used
+    return await batcher.submit(1.0)
+
+
+async def _stream(batcher: Any, inputs: dict, calls_seen: list, extra: dict) -> Any:
+    """Requests at the given gaps, some cancelled a millisecond after they are sent."""
+    tasks = []
+    for x, delay_s, cancel in inputs["requests"]:
+        tasks.append(asyncio.ensure_future(batcher.submit(x)))
+        if cancel:
+            asyncio.get_running_loop().call_later(0.001, tasks[-1].cancel)
+        await asyncio.sleep(delay_s)
+    await asyncio.wait(tasks, timeout=10)
+    return [_outcome(t) if t.done() else "never answered" for t in tasks]
+
+
+async def _deadline(batcher: Any, inputs: dict, calls_seen: list, extra: dict) -> Any:
+    """Two requests apart in time; when the model was called, relative to the first."""
+    origin = _clock()
+    first = asyncio.ensure_future(batcher.submit(1.0))
+    await asyncio.sleep(inputs["second_after_s"])
+    second = asyncio.ensure_future(batcher.submit(2.0))
+    output = await asyncio.gather(first, second)
+    extra["calls"] = [[at - origin, xs] for at, xs in calls_seen]
+    return output
+
+
+async def _load(batcher: Any, inputs: dict, calls_seen: list, extra: dict) -> Any:
+    """Clients in closed loop, each sending its requests one after another."""
+    async def client(xs: list) -> list:
+        return [await batcher.submit(x) for x in xs]
+    shares = [[float(c * 1000 + i + inputs.get("round", 0)) for i in range(inputs["each"])]
+              for c in range(inputs["clients"])]
+    return sum(await asyncio.gather(*(client(xs) for xs in shares)), [])
+
+
+_PARTS = {"idle": _idle, "stream": _stream, "deadline": _deadline, "load": _load}
+
+
 def _batcher_probe(answer: Callable, inputs: dict, oracle: trials.Oracle) -> tuple[Any, dict]:
-    """``answer`` is the learner's batcher class. ``inputs["part"]`` says what to do with it."""
-    part, settings = inputs["part"], inputs["settings"]
+    """``answer`` is the learner's batcher class; ``inputs["part"]`` names the `_PARTS` to run on it.
+    Whatever the part does, the batcher is stopped (within 5 s) and its leftover threads counted."""
     calls_seen: list = []
     model = _model(*inputs["model"], calls_seen)
     before = threading.active_count()
 
     async def main() -> tuple[Any, dict]:
-        batcher = answer(model, **settings)
+        batcher = answer(model, **inputs["settings"])
         await batcher.start()
         extra: dict = {}
         try:
-            if part == "idle":
-                await asyncio.sleep(0.05)
-                used = time.process_time()
-                await asyncio.sleep(0.5)
-                extra["cpu_s"] = time.process_time() - used
-                output: Any = await batcher.submit(1.0)
-            elif part == "stream":
-                tasks = []
-                for x, delay_s, cancel in inputs["requests"]:
-                    tasks.append(asyncio.ensure_future(batcher.submit(x)))
-                    if cancel:
-                        asyncio.get_running_loop().call_later(0.001, tasks[-1].cancel)
-                    await asyncio.sleep(delay_s)
-                await asyncio.wait(tasks, timeout=10)
-                output = [_outcome(t) if t.done() else "never answered" for t in tasks]
-            elif part == "deadline":
-                origin = _clock()
-                first = asyncio.ensure_future(batcher.submit(1.0))
-                await asyncio.sleep(inputs["second_after_s"])
-                second = asyncio.ensure_future(batcher.submit(2.0))
-                output = await asyncio.gather(first, second)
-                extra["calls"] = [[at - origin, xs] for at, xs in calls_seen]
-            else:  # "load": clients in closed loop, each sending its requests one after another
-                async def client(xs: list) -> list:
-                    return [await batcher.submit(x) for x in xs]
-                shares = [[float(c * 1000 + i + inputs.get("round", 0)) for i in range(inputs["each"])]
-                          for c in range(inputs["clients"])]
-                output = sum(await asyncio.gather(*(client(xs) for xs in shares)), [])
+            output = await _PARTS[inputs["part"]](batcher, inputs, calls_seen, extra)
         finally:
             stopped = asyncio.ensure_future(batcher.stop())
             done, _ = await asyncio.wait([stopped], timeout=5)

@@ -131,6 +131,49 @@ def _short(rows: Any) -> str:
     return text if len(text) <= 300 else text[:300] + " ..."
 
 
+class _FakeGraphs:
+    """Captured graphs, faked: one per size, each taking exactly its own ``(size, *one)`` shape and
+    dtype, writing ``2x + 1`` into its own static output, and logging which known rows it was fed."""
+
+    def __init__(self, truth: Any, sizes: list[int]):
+        self.truth, self.one = truth, tuple(truth.shape[1:])
+        self.calls: list[list] = []
+        self.buffers: list = []
+        self.graphs = {size: self._graph(size) for size in sizes}
+
+    def rows_of(self, batch: Any) -> list:
+        """Each row of ``batch`` named: its index among the known rows, ZERO or OTHER."""
+        flat = batch.reshape(len(batch), -1)
+        known = self.truth.reshape(len(self.truth), -1)
+        named = []
+        for row in flat:
+            if not bool(row.any()):
+                named.append(ZERO)
+                continue
+            match = (known == row).all(dim=1).nonzero()
+            named.append(int(match[0, 0]) if len(match) else OTHER)
+        return named
+
+    def _graph(self, size: int) -> Callable[[Any], Any]:
+        import torch
+
+        shape, dtype = (size, *self.one), self.truth.dtype
+        static_out = torch.zeros(shape, dtype=dtype)
+        self.buffers.append(static_out)
+
+        def replay(batch: Any) -> Any:
+            if not isinstance(batch, torch.Tensor):
+                raise TypeError(f"the graph captured for batch {size} takes a torch.Tensor, got {type(batch).__name__}")
+            if tuple(batch.shape) != shape or batch.dtype != dtype:
+                raise ValueError(f"the graph captured for batch {size} was called with {tuple(batch.shape)} "
+                                 f"{batch.dtype}: a captured graph takes exactly its own shape "
+                                 f"{shape} and dtype {dtype}; pad the batch to {size} rows")
+            self.calls.append([size, self.rows_of(batch)])
+            static_out.copy_(batch * 2 + 1)  # row by row: no row depends on another
+            return static_out
+        return replay
+
+
 def _padded_runner_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tuple[Any, dict]:
     """The answer on fake graphs (see the module's docstring). Fresh memory is filled with a
     non-zero byte meanwhile (glibc's M_PERTURB), so that padding with ``torch.empty`` shows as
@@ -141,50 +184,18 @@ def _padded_runner_probe(answer: Callable, inputs: dict, oracle: Oracle) -> tupl
     n, *one = inputs["shape"]
     width = math.prod(one)
     truth = torch.tensor([[_value(i, j) for j in range(width)] for i in range(n)], dtype=torch.float64)
-    truth = truth.to(dtype).reshape(n, *one)
-    calls: list[list] = []
-    buffers = []
-
-    def rows_of(batch: Any) -> list:
-        flat = batch.reshape(len(batch), -1)
-        known = truth.reshape(n, -1)
-        named = []
-        for row in flat:
-            if not bool(row.any()):
-                named.append(ZERO)
-                continue
-            match = (known == row).all(dim=1).nonzero()
-            named.append(int(match[0, 0]) if len(match) else OTHER)
-        return named
-
-    def graph(size: int) -> Callable[[Any], Any]:
-        static_out = torch.zeros(size, *one, dtype=dtype)
-        buffers.append(static_out)
-
-        def replay(batch: Any) -> Any:
-            if not isinstance(batch, torch.Tensor):
-                raise TypeError(f"the graph captured for batch {size} takes a torch.Tensor, got {type(batch).__name__}")
-            if tuple(batch.shape) != (size, *one) or batch.dtype != dtype:
-                raise ValueError(f"the graph captured for batch {size} was called with {tuple(batch.shape)} "
-                                 f"{batch.dtype}: a captured graph takes exactly its own shape "
-                                 f"{(size, *one)} and dtype {dtype}; pad the batch to {size} rows")
-            calls.append([size, rows_of(batch)])
-            static_out.copy_(batch * 2 + 1)  # row by row: no row depends on another
-            return static_out
-        return replay
-
-    graphs = {size: graph(size) for size in inputs["sizes"]}
+    fakes = _FakeGraphs(truth.to(dtype).reshape(n, *one), inputs["sizes"])
     perturb = _malloc_perturb()
     try:
         perturb(0x5A)
-        result = answer(graphs, truth.clone())
+        result = answer(fakes.graphs, fakes.truth.clone())
     finally:
         perturb(0)
     first = to_plain(result)
     kept = torch.Tensor.clone(result) if type(result) is torch.Tensor else result  # what was returned, as it was
-    for buffer in buffers:  # the next request's replays
+    for buffer in fakes.buffers:  # the next request's replays
         buffer.fill_(STALE)
-    return kept, {"calls": calls, "overwritten": to_plain(result) != first}
+    return kept, {"calls": fakes.calls, "overwritten": to_plain(result) != first}
 
 
 def _malloc_perturb() -> Callable[[int], None]:
