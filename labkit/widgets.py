@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import torch
@@ -15,6 +15,9 @@ import torch
 from labkit.models import MODELS, build_model
 from labkit.plots import plot_max_batch_search, plot_sweep
 from labkit.sweep import batch_sweep
+
+if TYPE_CHECKING:
+    from labkit.memory import MaxBatch
 
 __all__ = ["sweep_playground", "batching_playground", "pipeline_playground", "memory_playground", "ladder_playground",
            "generation_playground"]
@@ -222,7 +225,7 @@ def _playground_search(name: str, precision: str, budget_bytes: int, device: tor
     return found, weight_bytes(model), predicted, held
 
 
-def _search_lines(found, weights: int, predicted: int | None, held: int, device: torch.device,
+def _search_lines(found: MaxBatch, weights: int, predicted: int | None, held: int, device: torch.device,
                   what: str, budget_bytes: int) -> list[str]:
     """`memory_playground`'s report of one search: where it ran, the weights, the prediction, the
     batch found with its proof, and every trial."""

@@ -34,7 +34,7 @@ import psutil
 from labkit.grading import landlock
 from labkit.grading.channel import Closed, LineReader, TooLong, send
 from labkit.grading.questions import QUESTIONS
-from labkit.grading.trials import Observation, run_rounds, score
+from labkit.grading.trials import Observation, Trial, run_rounds, score
 
 __all__ = ["kill_descendants", "main", "readable_paths"]
 
@@ -198,7 +198,7 @@ class _ProbeChannel:
         self.child, self.to_child, self.deadline = child, to_child, deadline
         self.runs = -1  # probe runs sent so far, less one: a speed trial sends one per round
 
-    def run_once(self, trial, inputs: Any) -> Observation:
+    def run_once(self, trial: Trial, inputs: Any) -> Observation:
         self.runs += 1
         start = time.monotonic()
         send(self.to_child, {"run": self.runs, "probe": trial.probe, "inputs": inputs})
